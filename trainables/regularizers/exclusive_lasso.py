@@ -1,0 +1,28 @@
+"""Exclusive lasso: ``Omega(W) = (lam/2) sum_i ||W_i||_1^2`` (members of a group compete)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..prox import prox_exclusive_lasso
+from .base import Regularizer, register
+
+__all__ = ["ExclusiveLasso"]
+
+
+@register
+class ExclusiveLasso(Regularizer):
+    """Sparsity *within* each group, with the exact prox (algorithms.md §4.7): the largest entry
+    of a group always survives, so no group is ever removed whole."""
+
+    name = "exclusive_lasso"
+    params = ("lam",)
+
+    def __init__(self, lam: float):
+        self.lam = lam
+
+    def penalty(self, W: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.lam * W.abs().sum(dim=1).pow(2).sum()
+
+    def prox(self, W: torch.Tensor, step: float) -> torch.Tensor:
+        return prox_exclusive_lasso(W, step * self.lam)

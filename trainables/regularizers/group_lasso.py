@@ -1,0 +1,28 @@
+"""Group lasso: ``Omega(W) = lam sum_i ||W_i||_2`` over the rows (groups)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..prox import prox_group_lasso
+from .base import Regularizer, register
+
+__all__ = ["GroupLasso"]
+
+
+@register
+class GroupLasso(Regularizer):
+    """Removes whole groups (rows). With GrOWL's ``input`` grouping a zero row is a dead input
+    neuron/channel. Equals GrOWL with constant weights (``lambda2 = 0``)."""
+
+    name = "group_lasso"
+    params = ("lam",)
+
+    def __init__(self, lam: float):
+        self.lam = lam
+
+    def penalty(self, W: torch.Tensor) -> torch.Tensor:
+        return self.lam * torch.linalg.vector_norm(W, dim=1).sum()
+
+    def prox(self, W: torch.Tensor, step: float) -> torch.Tensor:
+        return prox_group_lasso(W, step * self.lam)

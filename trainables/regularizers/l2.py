@@ -1,0 +1,27 @@
+"""Squared l2 (weight decay as a proximal step): ``Omega(W) = (lam/2) ||W||_F^2``."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Regularizer, register
+
+__all__ = ["L2"]
+
+
+@register
+class L2(Regularizer):
+    """prox: ``W / (1 + step * lam)``. Unlike ``optim.weight_decay`` it acts on the selected
+    layers' weights only, and after the optimizer step."""
+
+    name = "l2"
+    params = ("lam",)
+
+    def __init__(self, lam: float):
+        self.lam = lam
+
+    def penalty(self, W: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.lam * W.pow(2).sum()
+
+    def prox(self, W: torch.Tensor, step: float) -> torch.Tensor:
+        return W / (1 + step * self.lam)

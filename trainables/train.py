@@ -1,0 +1,317 @@
+"""One training run as a pure function of its config: ``fit(cfg, report=None) -> Result``.
+
+The loop is plain proximal SGD (the papers' algorithm): a gradient step on the data loss (plus
+``optim.weight_decay``, the papers' "+l2"), then, in one place, the regularizer's proximal step on
+every regularized layer with step = the current learning rate, after every optimizer step or once
+per epoch (``regularizer.prox_every``). With momentum or Adam the same convention is used (step =
+lr), as the official GrOWL code does with momentum. Groups that the prox zeroes can be masked
+permanently (``regularizer.mask_pruned``). With ``tying.enabled`` a second phase clusters rows
+(``trainables.tying``) and retrains with clustered rows tied, without the prox.
+
+``report(metrics, get_state)`` is called after every epoch; ``get_state()`` returns everything
+needed to resume (``fit(cfg, resume=state)``) as plain tensors and Python values (loadable with
+``torch.load(weights_only=True)``). The last call's metrics include the final ones (test
+accuracy, parameter and FLOP counts of the compacted network).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .compact import compact
+from .config import TrialConfig
+from .data import Dataset, DataSpec, Split, batches, load
+from .groups import from_groups
+from .metrics import model_metrics
+from .models import build_model
+from .regularizers import LayerRegularizer, build_layer_regularizers
+from .tying import ZERO_ROW_NORM, LayerTying, find_ties, tie_
+
+__all__ = ["fit", "Result", "TrainingDiverged", "evaluate", "resolve_device", "STATE_FORMAT"]
+
+STATE_FORMAT = 1
+ReportFn = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite (typically a step size or strength far too large)."""
+
+
+@dataclass
+class Result:
+    """What one run produced. ``metrics`` is the content of ``result.json``."""
+
+    config: TrialConfig
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    model: nn.Module  # the trained network (pruned weights are zeros)
+    compact_model: nn.Module  # the physically smaller network with the same outputs
+    spec: DataSpec
+    ties: list[LayerTying] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} was asked for, but CUDA is not available here")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1024) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``split``."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), dtype=torch.float64, device=split.X.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.X.device)
+    for xb, yb in batches(split, batch_size, shuffle=False):
+        out = model(xb)
+        loss += F.cross_entropy(out, yb, reduction="sum").double()
+        correct += (out.argmax(1) == yb).sum()
+    model.train(was_training)
+    n = max(len(split), 1)
+    return {"loss": loss.item() / n, "accuracy": correct.item() / n}
+
+
+def _seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _make_optimizer(cfg: TrialConfig, params, lr: float) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=o.weight_decay)
+    momentum = o.momentum if o.name == "momentum" else 0.0
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=bool(o.nesterov),
+                           weight_decay=o.weight_decay)
+
+
+def _make_scheduler(cfg: TrialConfig, opt: torch.optim.Optimizer):
+    o = cfg.optim
+    if o.lr_schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=o.lr_step, gamma=o.lr_gamma)
+    if o.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o.epochs)
+    return None
+
+
+class _Trainer:
+    def __init__(self, cfg: TrialConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.generator = _seed_everything(cfg.seed)
+        self.data: Dataset = load(cfg.data, self.device)
+        self.model = build_model(cfg.model, self.data.spec).to(self.device)
+        self.layers: list[LayerRegularizer] = build_layer_regularizers(cfg.regularizer, self.model)
+        self.optimizer = _make_optimizer(cfg, self.model.parameters(), cfg.optim.lr)
+        self.scheduler = _make_scheduler(cfg, self.optimizer)
+        self.masks: dict[str, torch.Tensor] = {}
+        self.ties: list[LayerTying] | None = None
+        self.epoch = 0  # epochs completed, training and retraining phases counted together
+        self.history: list[dict[str, Any]] = []
+        self.train_epochs = cfg.optim.epochs
+        self.total_epochs = self.train_epochs + (cfg.tying.retrain_epochs if cfg.tying.enabled else 0)
+        self.uses_prox = cfg.regularizer.name != "none"
+
+    # -- the proximal step, masks and tying ----------------------------------------------------
+
+    @torch.no_grad()
+    def _prox(self, step: float) -> None:
+        for layer in self.layers:
+            layer.apply_prox(step)
+        if self.cfg.regularizer.mask_pruned:
+            self._update_masks()
+
+    @torch.no_grad()
+    def _update_masks(self) -> None:
+        """Zero groups whose norm fell to float32 epsilon, and never let zeros come back."""
+        for layer in self.layers:
+            W = layer.module.weight
+            G = layer.groups()
+            dead = torch.linalg.vector_norm(G, dim=1) <= ZERO_ROW_NORM
+            G = torch.where(dead.unsqueeze(1), torch.zeros_like(G), G)
+            W.copy_(from_groups(G, W.shape, layer.grouping))
+            mask = W != 0
+            self.masks[layer.name] = mask & self.masks[layer.name] if layer.name in self.masks else mask
+
+    @torch.no_grad()
+    def _apply_masks(self) -> None:
+        for layer in self.layers:
+            if layer.name in self.masks:
+                layer.module.weight.mul_(self.masks[layer.name])
+
+    @torch.no_grad()
+    def _tie(self) -> None:
+        modules = dict(self.model.named_modules())
+        for tying in self.ties or []:
+            tie_(modules[tying.name], tying)
+
+    def _start_tying(self) -> None:
+        t = self.cfg.tying
+        self.ties = find_ties([(l.name, l.module, l.grouping) for l in self.layers],
+                              preference=t.preference, damping=t.damping,
+                              max_cluster_ratio=t.max_cluster_ratio)
+        self._tie()
+        # retraining: same optimizer family, constant learning rate, no prox (GrOWL §4)
+        self.optimizer = _make_optimizer(self.cfg, self.model.parameters(), t.retrain_lr)
+        self.scheduler = None
+
+    # -- one epoch ------------------------------------------------------------------------------
+
+    def _train_epoch(self) -> dict[str, float]:
+        cfg = self.cfg
+        retrain = self.epoch >= self.train_epochs
+        prox_step = self.uses_prox and not retrain and cfg.regularizer.prox_every == "step"
+        tie_step = retrain and cfg.tying.every == "step"
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.model.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        for xb, yb in batches(self.data.train, cfg.optim.batch_size, shuffle=True,
+                              generator=self.generator, augment=self.data.augment):
+            out = self.model(xb)
+            loss = F.cross_entropy(out, yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if prox_step:
+                self._prox(lr)
+            self._apply_masks()
+            if tie_step:
+                self._tie()
+            loss_sum += loss.detach().double() * len(yb)
+            correct += (out.detach().argmax(1) == yb).sum()
+        if self.uses_prox and not retrain and cfg.regularizer.prox_every == "epoch":
+            self._prox(lr)
+            self._apply_masks()
+        if retrain and cfg.tying.every == "epoch":
+            self._tie()
+        if self.scheduler is not None and not retrain:
+            self.scheduler.step()
+        n = len(self.data.train)
+        train_loss = loss_sum.item() / n
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(
+                f"non-finite training loss ({train_loss}) at epoch {self.epoch + 1} with regularizer "
+                f"{cfg.regularizer.name!r}: lower the learning rate ({lr:g}) or the regularization strength"
+            )
+        return {"lr": lr, "train_loss": train_loss, "train_accuracy": correct.item() / n}
+
+    def _epoch_metrics(self, train: dict[str, float], seconds: float) -> dict[str, Any]:
+        m: dict[str, Any] = {"epoch": self.epoch,
+                             "phase": "train" if self.epoch <= self.train_epochs else "retrain", **train}
+        if len(self.data.val):
+            val = evaluate(self.model, self.data.val)
+            m["val_loss"], m["val_accuracy"] = val["loss"], val["accuracy"]
+        with torch.no_grad():
+            m["penalty"] = float(sum(layer.penalty().item() for layer in self.layers))
+        params = [p for p in self.model.parameters()]
+        nonzero = sum(int(torch.count_nonzero(p)) for p in params)
+        total = sum(p.numel() for p in params)
+        m["weights_nonzero"], m["weights_sparsity"] = nonzero, 1 - nonzero / total
+        m["epoch_time_s"] = seconds
+        return m
+
+    def _finalize(self) -> tuple[dict[str, Any], nn.Module]:
+        if self.cfg.tying.enabled and self.ties is None:  # tying with no retraining epochs
+            self._start_tying()
+        self.model.eval()
+        small = compact(self.model)
+        groupings = {layer.name: layer.grouping for layer in self.layers}
+        final = model_metrics(self.model, small, self.data.spec.input_shape, groupings=groupings)
+        test = evaluate(self.model, self.data.test)
+        final = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], **final}
+        regs = {layer.name: layer.regularizer for layer in self.layers}
+        for info in final.get("layers", []):
+            reg = regs.get(info["name"])
+            info["regularized"] = reg is not None and self.uses_prox
+            if reg is not None:
+                info["regularizer"] = {p: getattr(reg, p) for p in reg.params}
+        if self.ties is not None:
+            final["tying"] = [t.summary() for t in self.ties]
+        return final, small
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "masks": dict(self.masks),
+            "ties": [t.to_state() for t in self.ties] if self.ties is not None else None,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "history": list(self.history),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"unsupported checkpoint format {state.get('format')!r} (expected {STATE_FORMAT})")
+        if state["config"] != self.cfg.to_dict():
+            raise ValueError("the checkpoint was written by a run with a different config")
+        self.model.load_state_dict(state["model"])
+        if state["ties"] is not None:
+            self.ties = [LayerTying.from_state(t) for t in state["ties"]]
+            self.optimizer = _make_optimizer(self.cfg, self.model.parameters(), self.cfg.tying.retrain_lr)
+            self.scheduler = None
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.masks = {k: v.to(self.device) for k, v in state["masks"].items()}
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def run(self, report: ReportFn | None) -> Result:
+        final: dict[str, Any] = {}
+        small: nn.Module | None = None
+        while self.epoch < self.total_epochs:
+            if self.epoch == self.train_epochs and self.cfg.tying.enabled and self.ties is None:
+                self._start_tying()
+            start = time.perf_counter()
+            train = self._train_epoch()
+            self.epoch += 1
+            metrics = self._epoch_metrics(train, time.perf_counter() - start)
+            if self.epoch == self.total_epochs:
+                final, small = self._finalize()
+                metrics = {**metrics, **final}
+            self.history.append({k: v for k, v in metrics.items() if not isinstance(v, list)})
+            if report is not None:
+                report(metrics, self.state)
+        if small is None:  # resumed from a checkpoint written after the last epoch
+            final, small = self._finalize()
+        summary = {k: v for k, v in self.history[-1].items() if k not in final} if self.history else {}
+        result = {**summary, **final, "regularizer": self.cfg.regularizer.name}
+        return Result(self.cfg, result, self.history, self.model, small, self.data.spec, self.ties or [])
+
+
+def fit(cfg: TrialConfig, report: ReportFn | None = None, *, resume: dict[str, Any] | None = None) -> Result:
+    """Train one network as ``cfg`` says; see the module docstring for the loop and ``report``."""
+    trainer = _Trainer(cfg)
+    if resume is not None:
+        trainer.load_state(resume)
+    return trainer.run(report)
