@@ -78,7 +78,8 @@ class _EpochProgress:
     def __exit__(self, *exc):
         self.progress.stop()
 
-    def report(self, metrics: dict, get_state) -> None:
+    def report(self, epoch) -> None:
+        metrics = epoch.metrics
         status = f"{metrics['phase']}  loss {metrics['train_loss']:.3f}"
         if "val_accuracy" in metrics:
             status += f"  val acc {metrics['val_accuracy']:.3f}"

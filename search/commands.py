@@ -1,11 +1,183 @@
-"""``sparsetune search | frontier | export`` (filled in by the search service)."""
+"""``sparsetune search | frontier | export``: the commands that use ray, optuna and mlflow."""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import math
+import sys
+from pathlib import Path
 
 __all__ = ["add_subcommands"]
 
+_SEARCH_HELP = """\
+Run a multi-objective search described by SPEC (see examples/quickstart.yaml): Ray Tune runs the
+trials (locally, or on a cluster with --address auto), Optuna's sampler chooses each trial's
+regularizer family and hyperparameters, and MLflow records every trial and the Pareto frontier
+of accuracy vs non-zero parameters vs FLOPs. The spec is validated completely before Ray starts.
+"""
+
+_SEARCH_EPILOG = """\
+examples:
+  sparsetune search examples/quickstart.yaml
+  sparsetune search examples/quickstart.yaml --resume            # continue the latest interrupted run
+  ray job submit --address http://HEAD:8265 --working-dir . -- \\
+      sparsetune search examples/mnist10k_families.yaml --address auto
+"""
+
+_FRONTIER_HELP = "Print the Pareto frontier of a search (the latest of EXPERIMENT unless --search-id)."
+_EXPORT_HELP = """\
+Write the chosen runs' exact TrialConfig files (and an index.csv) to --out. Without constraints:
+the Pareto frontier. With constraints: the Pareto-optimal runs among those that satisfy them
+(e.g. the most accurate network with at most N non-zero parameters). `sparsetune train` re-runs
+an exported file and reproduces its parameter counts.
+"""
+
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    return None
+    raw = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("search", help="run a multi-objective hyperparameter search",
+                       description=_SEARCH_HELP, epilog=_SEARCH_EPILOG, formatter_class=raw)
+    p.add_argument("spec", help="a search spec YAML file")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
+                   help="continue an interrupted search: the latest one of this spec, or RUN_DIR")
+    p.add_argument("--address", help="Ray cluster to join ('auto' on a cluster node); default: local Ray")
+    p.add_argument("--trials", type=int, help="override the spec's number of trials")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_cmd_search)
+
+    for name, help_text, func in (("frontier", _FRONTIER_HELP, _cmd_frontier), ("export", _EXPORT_HELP, _cmd_export)):
+        q = sub.add_parser(name, help=help_text.splitlines()[0], description=help_text, formatter_class=raw)
+        q.add_argument("--experiment", required=True, help="the MLflow experiment (the spec's name)")
+        q.add_argument("--search-id", help="one search of the experiment (default: the latest)")
+        q.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
+        q.add_argument("--max-params", type=float, metavar="N", help="keep runs with params_nonzero <= N")
+        q.add_argument("--max-flops", type=float, metavar="F", help="keep runs with flops_compact <= F")
+        q.add_argument("--min-accuracy", type=float, metavar="A", help="keep runs with val_accuracy >= A")
+        if name == "frontier":
+            q.add_argument("--plot", metavar="PNG", help="also draw the frontier (accuracy vs params) to PNG")
+            q.add_argument("--all", action="store_true", help="list every complete trial, not only the frontier")
+        else:
+            q.add_argument("--out", required=True, help="output folder for the YAML files and index.csv")
+        q.set_defaults(func=func)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .spec import load_spec
+
+    spec = load_spec(args.spec, trials=args.trials)  # every spec error surfaces here, before Ray
+    from .tune import run_search
+
+    frontier = run_search(spec, Path(args.spec).read_text(), address=args.address, resume=args.resume,
+                          quiet=args.quiet)
+    if frontier is not None and not args.quiet:
+        _print_table(frontier, frontier.points, f"Pareto frontier of {spec.name} ({int(frontier.mask.sum())} "
+                                                f"of {len(frontier.rows)} complete trials)")
+        print(f"export it with: sparsetune export --experiment {spec.name} --out exported/{spec.name}")
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.tracking import MlflowClient
+
+    from trainables.config import ConfigError
+
+    from .spec import Objective, resolve_tracking_uri
+    from .tracking import find_search, load_frontier
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise ConfigError([("--tracking-uri", "no MLflow store there (run a search first)", uri)])
+    client = MlflowClient(uri)
+    exp, parent = find_search(client, args.experiment, args.search_id)
+    if parent is None:
+        what = f"search {args.search_id!r} in " if args.search_id else ""
+        raise ConfigError([("--experiment", f"no {what}search recorded in {uri}", args.experiment)])
+    objectives = [Objective(metric=m, mode=d) for m, d in
+                  (item.split(":") for item in parent.data.params["objectives"].split(","))]
+    frontier = load_frontier(client, exp.experiment_id, parent.info.run_id, objectives)
+    return client, parent, _constrained(frontier, args)
+
+
+def _constrained(frontier, args: argparse.Namespace):
+    """The frontier of the runs that meet --max-params / --max-flops / --min-accuracy."""
+    from .tracking import Frontier
+
+    limits = (("params_nonzero", args.max_params, lambda v, c: v <= c),
+              ("flops_compact", args.max_flops, lambda v, c: v <= c),
+              ("val_accuracy", args.min_accuracy, lambda v, c: v >= c))
+    rows = [r for r in frontier.rows
+            if all(c is None or (isinstance(r.get(k), float) and ok(r[k], c)) for k, c, ok in limits)]
+    return Frontier.of(rows, frontier.objectives)
+
+
+def _cmd_frontier(args: argparse.Namespace) -> int:
+    _, parent, frontier = _load(args)
+    rows = frontier.rows if args.all else frontier.points
+    _print_table(frontier, rows, f"{parent.info.run_name}: {int(frontier.mask.sum())} Pareto-optimal of "
+                                 f"{len(frontier.rows)} complete trials; hypervolume {frontier.hypervolume:.4f}")
+    if args.plot:
+        from .plots import frontier_figure
+
+        y = next((o.metric for o in frontier.objectives if o.mode == "max"), "val_accuracy")
+        frontier_figure(frontier, "params_nonzero", y).savefig(args.plot, dpi=120, bbox_inches="tight")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import yaml
+
+    from trainables import TrialConfig
+
+    client, parent, frontier = _load(args)
+    chosen = frontier.points
+    if not chosen:
+        print("sparsetune export: no complete run meets the constraints", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    index = []
+    for rank, row in enumerate(chosen):
+        local = client.download_artifacts(row["run_id"], "config.yaml", str(out / f".dl{rank}"))
+        cfg = TrialConfig.from_yaml(local)  # validated: what was exported is a runnable config
+        name = f"rank{rank}_{row['regularizer']}_{row['trial_id']}.yaml"
+        header = (f"# exported from MLflow run {row['run_id']} (search {parent.info.run_name}, trial "
+                  f"{row['trial_id']})\n# " + ", ".join(f"{o.metric}={row.get(o.metric)}" for o in frontier.objectives)
+                  + f", test_accuracy={row.get('test_accuracy')}\n")
+        (out / name).write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        Path(local).unlink()
+        Path(local).parent.rmdir()
+        index.append({"file": name, **{k: row.get(k) for k in frontier.columns() if not k.startswith("param:")},
+                      "pareto": True})
+    with open(out / "index.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(index[0]))
+        writer.writeheader()
+        writer.writerows(index)
+    _print_table(frontier, chosen, f"exported {len(chosen)} configs to {out}")
+    return 0
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.0f}"
+    return "-" if value is None else str(value)
+
+
+def _print_table(frontier, rows: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics = [o.metric for o in frontier.objectives]
+    cols = ["trial_id", "regularizer", *metrics, *[c for c in ("test_accuracy", "sparsity") if c not in metrics]]
+    table = Table(title=title)
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("trial_id", "regularizer") else "right")
+    for r in rows:
+        table.add_row(*[_fmt(r.get(c)) for c in cols])
+    Console(width=None if sys.stdout.isatty() else 160).print(table)

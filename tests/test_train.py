@@ -42,7 +42,7 @@ def test_strong_settings_cover_the_registry():
 @pytest.mark.parametrize("name", sorted(STRONG))
 def test_short_fit_per_regularizer(name):
     reports = []
-    result = fit(small({"name": name, **STRONG[name]}), report=lambda m, s: reports.append(m))
+    result = fit(small({"name": name, **STRONG[name]}), report=lambda e: reports.append(e.metrics))
     m = result.metrics
     assert [r["epoch"] for r in reports] == [1, 2, 3]
     assert reports[-1]["test_accuracy"] == m["test_accuracy"]  # the last report carries the finals
@@ -76,24 +76,27 @@ def test_resume_from_checkpoint_matches_uninterrupted_run():
                 tying={"enabled": True, "retrain_epochs": 2})
     states = {}
 
-    def keep(metrics, get_state):
+    def keep(epoch):
         buf = io.BytesIO()  # round trip through torch.save / weights_only load, as Ray would
-        torch.save(get_state(), buf)
+        torch.save(epoch.state(), buf)
         buf.seek(0)
-        states[metrics["epoch"]] = torch.load(buf, weights_only=True)
+        states[epoch.metrics["epoch"]] = torch.load(buf, weights_only=True)
 
     full = fit(cfg, report=keep)
-    for epoch in (2, 5):  # mid-training, and mid-retraining (after tying started)
-        resumed = fit(cfg, resume=states[epoch])
+    for epoch in (2, 5, 6):  # mid-training, mid-retraining (after tying started), after the end
+        reports = []
+        resumed = fit(cfg, resume=states[epoch], report=reports.append)
         assert resumed.metrics["params_nonzero"] == full.metrics["params_nonzero"]
         assert resumed.metrics["val_loss"] == pytest.approx(full.metrics["val_loss"], rel=1e-6)
         assert [h["epoch"] for h in resumed.history] == list(range(1, 7))
+        assert [r.metrics["epoch"] for r in reports] == list(range(epoch + 1, 7)) or [6]
+        assert reports[-1].result is not None and reports[-1].metrics["test_accuracy"] == resumed.metrics["test_accuracy"]
 
 
 def test_resume_rejects_another_config():
     cfg = small()
     states = []
-    fit(cfg, report=lambda m, s: states.append(s()))
+    fit(cfg, report=lambda e: states.append(e.state()))
     with pytest.raises(ValueError, match="different config"):
         fit(cfg.replace(seed=3), resume=states[0])
 
@@ -103,8 +106,8 @@ def test_pruned_groups_stay_pruned_with_masks():
                 optim={"epochs": 6, "name": "momentum", "lr": 0.05})
     zero_rows = []
 
-    def watch(metrics, get_state):
-        W = get_state()["model"]["fc2.weight"]  # rows of the input grouping = columns
+    def watch(epoch):
+        W = epoch.state()["model"]["fc2.weight"]  # rows of the input grouping = columns
         zero_rows.append(set(torch.nonzero(W.abs().sum(0) == 0).flatten().tolist()))
 
     fit(cfg, report=watch)

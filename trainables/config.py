@@ -47,6 +47,8 @@ __all__ = [
 class ConfigError(ValueError):
     """Invalid configuration. ``problems`` holds ``(field path, message, value)`` triples."""
 
+    what = "config"
+
     def __init__(self, problems: list[tuple[str, str, Any]] | str, source: str | None = None):
         if isinstance(problems, str):
             problems = [("", problems, _NO_VALUE)]
@@ -57,7 +59,7 @@ class ConfigError(ValueError):
             where = f"{path}: " if path else ""
             got = "" if value is _NO_VALUE else f" (got {_show(value)})"
             lines.append(f"{where}{msg}{got}")
-        head = f"invalid config {source}" if source else "invalid config"
+        head = f"invalid {self.what} {source}" if source else f"invalid {self.what}"
         if len(lines) == 1:
             super().__init__(f"{head}: {lines[0]}")
         else:

@@ -8,10 +8,11 @@ lr), as the official GrOWL code does with momentum. Groups that the prox zeroes 
 permanently (``regularizer.mask_pruned``). With ``tying.enabled`` a second phase clusters rows
 (``trainables.tying``) and retrains with clustered rows tied, without the prox.
 
-``report(metrics, get_state)`` is called after every epoch; ``get_state()`` returns everything
-needed to resume (``fit(cfg, resume=state)``) as plain tensors and Python values (loadable with
-``torch.load(weights_only=True)``). The last call's metrics include the final ones (test
-accuracy, parameter and FLOP counts of the compacted network).
+``report(epoch)`` is called after every epoch with an :class:`EpochReport`: its ``metrics``,
+``state()`` (everything needed to resume with ``fit(cfg, resume=state)``, as plain tensors and
+Python values, loadable with ``torch.load(weights_only=True)``) and, on the last epoch only,
+``result``: the finished :class:`Result`, whose final metrics (test accuracy, parameter and FLOP
+counts of the compacted network) are also merged into that epoch's ``metrics``.
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ from .models import build_model
 from .regularizers import LayerRegularizer, build_layer_regularizers
 from .tying import ZERO_ROW_NORM, LayerTying, find_ties, tie_
 
-__all__ = ["fit", "Result", "TrainingDiverged", "evaluate", "resolve_device", "STATE_FORMAT"]
+__all__ = ["fit", "Result", "EpochReport", "TrainingDiverged", "evaluate", "resolve_device", "STATE_FORMAT"]
 
 STATE_FORMAT = 1
-ReportFn = Callable[[dict[str, Any], Callable[[], dict[str, Any]]], None]
 
 
 class TrainingDiverged(RuntimeError):
@@ -58,6 +58,18 @@ class Result:
     compact_model: nn.Module  # the physically smaller network with the same outputs
     spec: DataSpec
     ties: list[LayerTying] = field(default_factory=list)
+
+
+@dataclass
+class EpochReport:
+    """What ``fit`` tells its ``report`` callback after each epoch."""
+
+    metrics: dict[str, Any]
+    state: Callable[[], dict[str, Any]]  # a resumable checkpoint, computed only when called
+    result: Result | None = None  # the finished run, on the last epoch only
+
+
+ReportFn = Callable[[EpochReport], None]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -260,7 +272,7 @@ class _Trainer:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-            "history": list(self.history),
+            "history": [dict(h) for h in self.history],
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -287,8 +299,13 @@ class _Trainer:
     # -- the run ----------------------------------------------------------------------------------
 
     def run(self, report: ReportFn | None) -> Result:
-        final: dict[str, Any] = {}
-        small: nn.Module | None = None
+        if self.epoch == self.total_epochs and self.history:
+            # resumed from the last epoch's checkpoint: finish, and report that epoch again
+            result = self._result(self.history[-1])
+            if report is not None:
+                report(EpochReport({**self.history[-1], **result.metrics}, self.state, result))
+            return result
+        result = None
         while self.epoch < self.total_epochs:
             if self.epoch == self.train_epochs and self.cfg.tying.enabled and self.ties is None:
                 self._start_tying()
@@ -296,17 +313,18 @@ class _Trainer:
             train = self._train_epoch()
             self.epoch += 1
             metrics = self._epoch_metrics(train, time.perf_counter() - start)
+            self.history.append(metrics)
             if self.epoch == self.total_epochs:
-                final, small = self._finalize()
-                metrics = {**metrics, **final}
-            self.history.append({k: v for k, v in metrics.items() if not isinstance(v, list)})
+                result = self._result(metrics)
+                metrics = {**metrics, **result.metrics}
             if report is not None:
-                report(metrics, self.state)
-        if small is None:  # resumed from a checkpoint written after the last epoch
-            final, small = self._finalize()
-        summary = {k: v for k, v in self.history[-1].items() if k not in final} if self.history else {}
-        result = {**summary, **final, "regularizer": self.cfg.regularizer.name}
-        return Result(self.cfg, result, self.history, self.model, small, self.data.spec, self.ties or [])
+                report(EpochReport(metrics, self.state, result))
+        return result
+
+    def _result(self, last_epoch: dict[str, Any]) -> Result:
+        final, small = self._finalize()
+        metrics = {**last_epoch, **final, "regularizer": self.cfg.regularizer.name}
+        return Result(self.cfg, metrics, self.history, self.model, small, self.data.spec, self.ties or [])
 
 
 def fit(cfg: TrialConfig, report: ReportFn | None = None, *, resume: dict[str, Any] | None = None) -> Result:

@@ -1,0 +1,414 @@
+"""The search spec: YAML -> validated ``SearchSpec``, every error found before Ray starts.
+
+```yaml
+name: quickstart
+base: {data: {name: digits}, optim: {epochs: 10}}     # a partial TrialConfig shared by all trials
+space:                                                   # config field path -> distribution
+  optim/lr: {type: loguniform, low: 0.02, high: 0.3}
+regularizers:                                            # families compared, each with its own space
+  cges:  {lam: {type: loguniform, low: 1e-3, high: 3e-2}, mu/last: {type: uniform, low: 0.5, high: 1}}
+  growl: {lambda1: {type: loguniform, low: 0.05, high: 1}, p: {type: uniform, low: 0.1, high: 1}}
+objectives: [{metric: val_accuracy, mode: max}, {metric: params_nonzero, mode: min}]
+trials: 12
+```
+
+A distribution is a mapping with ``type`` (``loguniform``, ``uniform``, ``int``, ``categorical``);
+anything else is a constant. Paths are config field paths joined by ``/`` (or ``.``); inside a
+family's space they are relative to ``regularizer`` unless they start with a config section
+(``optim/lr``, ``tying/enabled``). Conditional by construction: GrOWL's knobs never appear on a
+CGES trial. Validation builds every family's config at the low and high ends of its space (and each
+categorical choice) and checks it against the data and the model, so a path that is not a config
+field, a parameter the family does not have, or a value out of range is reported with the spec
+location and the value, before anything starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainables.config import REGULARIZER_PARAMS, ConfigError, TrialConfig, _FieldError, _from_validation_error
+from trainables.yamlio import load_yaml
+
+__all__ = [
+    "resolve_storage",
+    "resolve_tracking_uri",
+    "SpecError",
+    "Distribution",
+    "Objective",
+    "SearchSpec",
+    "load_spec",
+    "SECTIONS",
+    "RESULT_METRICS",
+    "EPOCH_METRICS",
+]
+
+SECTIONS = ("seed", "device", "data", "model", "optim", "regularizer", "tying")
+# Numeric keys of result.json that can be objectives (never the test set: the search must not
+# see it) and the keys reported every epoch (what an early-stopping scheduler can watch).
+EPOCH_METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss", "penalty",
+                 "weights_nonzero", "weights_sparsity")
+RESULT_METRICS = EPOCH_METRICS + (
+    "params_total", "params_nonzero", "params_unique", "sparsity", "compression_rate",
+    "param_sharing", "flops_dense", "flops_compact", "flops_sparse",
+)
+DEFAULT_OBJECTIVES = [
+    {"metric": "val_accuracy", "mode": "max"},
+    {"metric": "params_nonzero", "mode": "min"},
+    {"metric": "flops_compact", "mode": "min"},
+]
+# hypervolume reference of a "min" objective: the dense network's value (result.json key)
+DENSE_REFERENCE = {"params_nonzero": "params_total", "params_unique": "params_total",
+                   "weights_nonzero": "params_total", "flops_compact": "flops_dense",
+                   "flops_sparse": "flops_dense"}
+
+
+class SpecError(ConfigError):
+    """An invalid search spec (a ``ConfigError``: same message format, exit status 2)."""
+
+    what = "search spec"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Distribution(_Strict):
+    type: Literal["loguniform", "uniform", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None  # uniform / int
+    log: bool = False  # int on a log scale
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Distribution:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical distribution needs a non-empty `choices` list")
+            if self.low is not None or self.high is not None:
+                raise ValueError("a categorical distribution takes `choices`, not low/high")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"`choices` belongs to categorical distributions, not {self.type!r}")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} distribution needs `low` and `high`")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError(f"bounds must be finite, but got low={self.low!r}, high={self.high!r}")
+        if self.low > self.high:
+            raise ValueError(f"`low <= high` must hold, but got low={self.low!r}, high={self.high!r}")
+        if (self.type == "loguniform" or self.log) and self.low <= 0:
+            raise ValueError(f"a log-scale distribution needs `low > 0`, but got low={self.low!r}")
+        if self.type == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()):
+            raise ValueError(f"int bounds must be integers, but got low={self.low!r}, high={self.high!r}")
+        if self.step is not None and (self.step <= 0 or self.type == "loguniform" or self.log):
+            raise ValueError(f"`step` must be > 0 and not on a log scale, but got step={self.step!r}")
+        return self
+
+    def extremes(self) -> list[Any]:
+        """The values that bound what this distribution can draw (used for validation)."""
+        if self.type == "categorical":
+            return list(self.choices)
+        if self.type == "int":
+            return [int(self.low), int(self.high)]
+        return [self.low, self.high]
+
+
+class Objective(_Strict):
+    metric: str
+    mode: Literal["max", "min"]
+    reference: float | None = None  # hypervolume reference; default: 0 for accuracies, dense value
+
+
+class Resources(_Strict):
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+    @model_validator(mode="after")
+    def _check(self) -> Resources:
+        if not (math.isfinite(self.cpu) and self.cpu > 0):
+            raise ValueError(f"`cpu > 0` must hold, but got cpu={self.cpu!r}")
+        if not (math.isfinite(self.gpu) and self.gpu >= 0):
+            raise ValueError(f"`gpu >= 0` must hold, but got gpu={self.gpu!r}")
+        return self
+
+
+class Scheduler(_Strict):
+    """ASHA on one per-epoch metric. Trials it stops early are told to Optuna as PRUNED and never
+    reach the frontier (multi-objective Optuna cannot prune; ecosystem.md §1.2)."""
+
+    type: Literal["asha"] = "asha"
+    metric: str = "val_accuracy"
+    mode: Literal["max", "min"] = "max"
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+
+    @model_validator(mode="after")
+    def _check(self) -> Scheduler:
+        if self.metric not in EPOCH_METRICS:
+            raise ValueError(f"the scheduler needs a per-epoch metric {list(EPOCH_METRICS)}, got {self.metric!r}")
+        if self.grace_period < 1:
+            raise ValueError(f"`grace_period >= 1` must hold, but got {self.grace_period!r}")
+        if not self.reduction_factor > 1:
+            raise ValueError(f"`reduction_factor > 1` must hold, but got {self.reduction_factor!r}")
+        return self
+
+
+SpaceValue = Any  # a Distribution, or a constant
+
+
+class SearchSpec(_Strict):
+    name: str
+    base: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Distribution | Any] = Field(default_factory=dict)
+    regularizers: dict[str, dict[str, Distribution | Any]] | None = None
+    allocation: Literal["round_robin", "sampler"] = "round_robin"
+    objectives: list[Objective] = Field(default_factory=lambda: [Objective(**o) for o in DEFAULT_OBJECTIVES])
+    sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+    trials: int
+    concurrency: int = 1
+    resources: Resources = Field(default_factory=Resources)
+    scheduler: Scheduler | None = None
+    seed: int = 0
+    storage: str | None = None  # Ray storage path (absolute, or a URI); default ./ray_results
+    tracking_uri: str | None = None  # default sqlite:///<absolute path>/mlflow.db
+    max_failures: int = 1  # retries of a trial whose worker died (it resumes from its checkpoint)
+
+    @field_validator("space", "regularizers", mode="before")
+    @classmethod
+    def _distributions(cls, value: Any) -> Any:
+        return _parse_entries(value)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
+            raise ValueError("use letters, digits, '_', '.', '-' (at most 100), starting with a letter or digit")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchSpec:
+        for field, low in (("trials", 1), ("concurrency", 1), ("max_failures", 0)):
+            if getattr(self, field) < low:
+                raise _FieldError(field, f"`{field} >= {low}` must hold", getattr(self, field))
+        return self
+
+    # -- derived views --------------------------------------------------------------------------
+
+    @property
+    def families(self) -> list[str]:
+        return list(self.regularizers) if self.regularizers else []
+
+    def family_entries(self, family: str | None) -> dict[str, Any]:
+        """Absolute config path -> distribution or constant, for one family (or none)."""
+        entries = {_canonical(k): v for k, v in self.space.items()}
+        if family is not None:
+            entries["regularizer/name"] = family
+            for key, value in (self.regularizers or {}).get(family, {}).items():
+                entries[_absolute(key)] = value
+        return entries
+
+    def objective_names(self) -> list[str]:
+        return [o.metric for o in self.objectives]
+
+    def objective_modes(self) -> list[str]:
+        return [o.mode for o in self.objectives]
+
+
+def _parse_entries(value: Any, prefix: str = "") -> Any:
+    """Turn ``{type: ...}`` mappings into ``Distribution`` (and a family's sub-space, one level down)."""
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for key, entry in value.items():
+        if isinstance(entry, dict) and "type" in entry:
+            try:
+                out[key] = Distribution.model_validate(entry)
+            except ValidationError as e:
+                err = _from_validation_error(e)
+                path, msg, _ = err.problems[0]
+                raise _FieldError(prefix + str(key), f"{path + ': ' if path else ''}{msg}", entry) from None
+        elif isinstance(entry, dict) and not prefix and not ({"first", "last"} & set(entry)):
+            out[key] = _parse_entries(entry, prefix=f"{key}.")  # a family's sub-space
+        else:
+            out[key] = entry
+    return out
+
+
+def _canonical(path: str) -> str:
+    return "/".join(p for p in path.replace(".", "/").split("/"))
+
+
+def _absolute(path: str) -> str:
+    path = _canonical(path)
+    return path if path.split("/")[0] in SECTIONS else f"regularizer/{path}"
+
+
+def _set(data: dict, path: str, value: Any) -> None:
+    parts = path.split("/")
+    node = data
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = value
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path, *, trials: int | None = None) -> SearchSpec:
+    """Read, parse and fully validate a spec file (``SpecError`` on any problem)."""
+    source = str(path)
+    raw = load_yaml(path)
+    if not isinstance(raw, dict):
+        raise SpecError([("", "a search spec must be a mapping", raw)], source)
+    if trials is not None:
+        raw = {**raw, "trials": trials}
+    try:
+        spec = SearchSpec.model_validate(raw)
+    except ValidationError as e:
+        err = _from_validation_error(e, source=source)
+        raise SpecError(err.problems, source) from None
+    validate_spec(spec, source)
+    return spec
+
+
+def candidate_configs(spec: SearchSpec) -> list[tuple[str | None, dict[str, Any], dict[str, str]]]:
+    """Configs at the ends of each family's space: (family, config dict, config path -> spec location)."""
+    out = []
+    for family in spec.families or [None]:
+        entries = spec.family_entries(family)
+        dists = {p: d for p, d in entries.items() if isinstance(d, Distribution)}
+        where = {p: _location(spec, family, p) for p in entries}
+        picks = [{p: d.extremes()[0] for p, d in dists.items()}, {p: d.extremes()[-1] for p, d in dists.items()}]
+        for p, d in dists.items():  # every categorical choice, the others at their low end
+            picks += [{**picks[0], p: c} for c in d.extremes()[1:-1]]
+        for pick in picks:
+            data = copy.deepcopy(spec.base)
+            for path, value in entries.items():
+                _set(data, path, pick.get(path, value) if isinstance(value, Distribution) else copy.deepcopy(value))
+            out.append((family, data, where))
+    return out
+
+
+def _location(spec: SearchSpec, family: str | None, path: str) -> str:
+    if family is not None:
+        for key in (spec.regularizers or {}).get(family, {}):
+            if _absolute(key) == path:
+                return f"regularizers.{family}.{key}"
+        if path == "regularizer/name":
+            return f"regularizers.{family}"
+    for key in spec.space:
+        if _canonical(key) == path:
+            return f"space.{key}"
+    return "base." + path.replace("/", ".")
+
+
+def validate_spec(spec: SearchSpec, source: str | None = None) -> None:
+    """Everything that can be checked without running: raises ``SpecError``."""
+    problems: list[tuple[str, str, Any]] = []
+    _check_structure(spec, problems)
+    if problems:
+        raise SpecError(problems, source)
+    from trainables import check_config
+
+    for family, data, where in candidate_configs(spec):
+        try:
+            cfg = TrialConfig.from_dict(data)
+            check_config(cfg)
+        except ConfigError as e:
+            for path, msg, value in e.problems:
+                problems.append((_spec_location(path, where), msg, value))
+            break
+        if "val_accuracy" in spec.objective_names() + ([spec.scheduler.metric] if spec.scheduler else []) \
+                and cfg.data.val_fraction == 0:
+            problems.append(("base.data.val_fraction", "val_accuracy is an objective, so it must be > 0", 0.0))
+    if problems:
+        raise SpecError(problems[:1] if len(problems) > 5 else problems, source)
+
+
+def _spec_location(config_path: str, where: dict[str, str]) -> str:
+    """Map a config error path (``regularizer.lam``) to where the spec set it."""
+    path = config_path.replace(".", "/")
+    for candidate in sorted(where, key=len, reverse=True):
+        if path == candidate or path.startswith(candidate + "/"):
+            rest = path[len(candidate):].replace("/", ".")
+            return where[candidate] + rest
+    parts = [where[c] for c in where if c.startswith(path + "/")]  # e.g. mu/first and mu/last
+    return " / ".join(parts) if parts else "base." + config_path
+
+
+def _check_structure(spec: SearchSpec, problems: list) -> None:
+    for family in spec.families:
+        if family not in REGULARIZER_PARAMS:
+            problems.append((f"regularizers.{family}", f"unknown regularizer; valid: {sorted(REGULARIZER_PARAMS)}", family))
+    base_reg = spec.base.get("regularizer")
+    if spec.families and isinstance(base_reg, dict):
+        owned = {"name"} | {k for p in REGULARIZER_PARAMS.values() for k in p} - {"groups", "layers", "prox_every", "mask_pruned"}
+        for key in base_reg:
+            if key in owned:
+                problems.append((f"base.regularizer.{key}",
+                                 "set per family under `regularizers` when several families are compared", base_reg[key]))
+    for family in spec.families or [None]:
+        paths = sorted(spec.family_entries(family))
+        for a, b in zip(paths, paths[1:]):
+            if b.startswith(a + "/"):
+                problems.append((_location(spec, family, b), f"conflicts with {_location(spec, family, a)}",
+                                 spec.family_entries(family)[b]))
+    for key in spec.space:
+        if _canonical(key).startswith("regularizer/name"):
+            problems.append((f"space.{key}", "compare regularizer families with `regularizers:`", spec.space[key]))
+    has_distribution = any(isinstance(v, Distribution) for f in spec.families or [None]
+                           for v in spec.family_entries(f).values())
+    if not has_distribution and len(spec.families) < 2:
+        problems.append(("space", "the search space is empty: give at least one distribution "
+                                  "(or compare two or more regularizer families)", spec.space))
+    names = spec.objective_names()
+    if not 1 <= len(names) <= 3:
+        problems.append(("objectives", "give 1 to 3 objectives", names))
+    for i, o in enumerate(spec.objectives):
+        if o.metric.startswith("test_"):
+            problems.append((f"objectives.{i}.metric", "the search never sees the test set; use a val_ metric", o.metric))
+        elif o.metric not in RESULT_METRICS:
+            problems.append((f"objectives.{i}.metric", f"not a result metric; valid: {list(RESULT_METRICS)}", o.metric))
+        elif o.reference is None and o.mode == "min" and o.metric not in DENSE_REFERENCE:
+            problems.append((f"objectives.{i}.reference", "give a hypervolume reference for this objective", None))
+    if len(set(names)) != len(names):
+        problems.append(("objectives", "an objective is listed twice", names))
+    if spec.tracking_uri is not None:
+        try:
+            resolve_tracking_uri(spec.tracking_uri)
+        except ValueError as e:
+            problems.append(("tracking_uri", str(e), spec.tracking_uri))
+
+
+def resolve_storage(storage: str | None) -> str:
+    """Ray's storage path: a URI (``s3://``, ``gs://``, ``file://``...) or an absolute path."""
+    if storage is None:
+        return str(Path("ray_results").absolute())
+    if "://" in storage:
+        return storage
+    return str(Path(storage).expanduser().absolute())
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """An MLflow tracking URI with no relative path in it (Ray moves trials' working dirs).
+
+    Default: ``sqlite:///<absolute cwd>/mlflow.db``. MLflow 3 refuses its old file store, so
+    ``file:`` URIs and bare folders are rejected here rather than at the first logged metric.
+    """
+    if uri is None:
+        return f"sqlite:///{Path('mlflow.db').absolute()}"
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///"):]
+        return uri if path.startswith("/") else f"sqlite:///{Path(path).expanduser().absolute()}"
+    if uri.startswith(("http://", "https://", "postgresql", "mysql", "mssql", "databricks")):
+        return uri
+    raise ValueError("use sqlite:///<path>.db, an http(s):// MLflow server or a database URI "
+                     "(MLflow 3 no longer accepts the file store)")
