@@ -68,11 +68,17 @@ def _cmd_search(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, trials=args.trials)  # every spec error surfaces here, before Ray
     from .tune import run_search
 
-    frontier = run_search(spec, Path(args.spec).read_text(), address=args.address, resume=args.resume,
-                          quiet=args.quiet)
-    if frontier is not None and not args.quiet:
-        _print_table(frontier, frontier.points, f"Pareto frontier of {spec.name} ({int(frontier.mask.sum())} "
-                                                f"of {len(frontier.rows)} complete trials)")
+    outcome = run_search(spec, Path(args.spec).read_text(), address=args.address, resume=args.resume,
+                         quiet=args.quiet)
+    frontier = outcome.frontier
+    if not args.quiet:
+        _print_table(frontier, frontier.points, f"Pareto frontier of {outcome.search_id} ("
+                                                f"{int(frontier.mask.sum())} of {len(frontier.rows)} complete trials)")
+    if not outcome.complete:
+        print(f"sparsetune search: interrupted; continue it with: sparsetune search {args.spec} --resume "
+              f"(or --resume {outcome.path})", file=sys.stderr)
+        return 130
+    if not args.quiet:
         print(f"export it with: sparsetune export --experiment {spec.name} --out exported/{spec.name}")
     return 0
 

@@ -293,7 +293,7 @@ class Tracker:
         if self._rows is None:
             frontier = load_frontier(self.client, self._experiment_id, self.parent_id, self.objectives)
             self._rows = {r["trial_id"]: r for r in frontier.rows}
-            self._pareto = {r["trial_id"]: bool(k) for r, k in zip(frontier.rows, frontier.mask)}
+            self._pareto = {}  # unknown: the next update writes every complete trial's tag
         return self._rows
 
     def _update_frontier(self) -> Frontier:

@@ -23,6 +23,7 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ __all__ = [
     "TrackingCallback",
     "make_sampler",
     "run_search",
+    "SearchOutcome",
     "find_resumable",
     "STATE_FILE",
 ]
@@ -206,12 +208,13 @@ class TrackingCallback(tune.Callback):
         self.quiet = quiet
         self.done = 0
         self.frontier: Frontier | None = None
+        self.complete = False
         self._reconciled = False
         self._start = time.time()
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state.update(done=0, frontier=None, _reconciled=False)
+        state.update(done=0, frontier=None, complete=False, _reconciled=False)
         return state
 
     def _say(self, text: str) -> None:
@@ -269,8 +272,8 @@ class TrackingCallback(tune.Callback):
             self._say(f"{head} stopped early at epoch {result.get('epoch', 0)} (not on the frontier)")
 
     def on_experiment_end(self, trials: list, **info) -> None:
-        finished = len(trials) >= self.total and all(t.status in ("TERMINATED", "ERROR") for t in trials)
-        self.frontier = self.tracker.finish("FINISHED" if finished else "KILLED")
+        self.complete = len(trials) >= self.total and all(t.status in ("TERMINATED", "ERROR") for t in trials)
+        self.frontier = self.tracker.finish("FINISHED" if self.complete else "KILLED")
 
 
 def _name(trial) -> str:
@@ -319,15 +322,26 @@ def _trainable(spec: SearchSpec):
 
 
 def _init_ray(address: str | None) -> bool:
+    """Join ``address`` ("auto": the cluster this node belongs to), or start a local Ray instance
+    of our own (``address="local"``: never attach by accident to another process's cluster)."""
     if ray.is_initialized():
         return False
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=False)
     return True
 
 
+@dataclass
+class SearchOutcome:
+    search_id: str
+    path: str  # the Ray experiment directory (what --resume restores)
+    frontier: Frontier
+    complete: bool  # False when interrupted: resume with --resume
+
+
 def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, resume: str | None = None,
-               quiet: bool = False) -> Frontier:
-    """Run (or resume) a search to its end and return its frontier."""
+               quiet: bool = False) -> SearchOutcome:
+    """Run (or resume) a search; returns its frontier and whether every trial has ended."""
     storage = resolve_storage(spec.storage)
     uri = resolve_tracking_uri(spec.tracking_uri)
     path = (find_resumable(storage, spec.name) if resume == "latest" else resume) if resume else None
@@ -348,7 +362,8 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
         callback.quiet = quiet
         _say_start(callback, spec, search_id, storage, uri, resumed=bool(path))
         tuner.fit()
-        return callback.frontier
+        return SearchOutcome(search_id, f"{storage.rstrip('/')}/{search_id}", callback.frontier,
+                             complete=callback.complete)
     finally:
         if started:
             ray.shutdown()

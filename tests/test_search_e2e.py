@@ -1,0 +1,199 @@
+"""End-to-end searches with a real local Ray and a real SQLite MLflow store (tiny digits trials)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from search import pareto
+from search.cli import main
+from search.spec import SearchSpec, validate_spec
+from search.tune import run_search
+
+pytestmark = pytest.mark.ray
+
+TAG = "sparsetune"
+
+
+def tiny(tmp_path: Path, **changes) -> dict:
+    spec = {
+        "name": "tiny",
+        "base": {"device": "cpu", "data": {"name": "digits"}, "model": {"name": "mlp", "hidden": [16]},
+                 "optim": {"epochs": 3, "lr": 0.1}},
+        "regularizers": {
+            "cges": {"lam": {"type": "loguniform", "low": 1e-3, "high": 5e-2}},
+            "growl": {"lambda1": {"type": "loguniform", "low": 0.05, "high": 2.0},
+                      "p": {"type": "uniform", "low": 0.2, "high": 1.0}, "layers": "all"},
+        },
+        "trials": 6, "concurrency": 2, "seed": 0,
+        "storage": str(tmp_path / "ray"), "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+    }
+    spec.update(changes)
+    return spec
+
+
+def run(spec_dict: dict):
+    spec = SearchSpec.model_validate(spec_dict)
+    validate_spec(spec)
+    return spec, run_search(spec, yaml.safe_dump(spec_dict), quiet=True)
+
+
+def mlflow_runs(tmp_path: Path, name: str = "tiny"):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get(f"{TAG}.kind") == "search"]
+    children = [r for r in runs if f"{TAG}.trial_id" in r.data.tags]
+    return client, parents, children
+
+
+def optuna_study(outcome):
+    [state] = sorted(Path(outcome.path).glob("searcher-state-*.pkl"))[-1:]
+    with open(state, "rb") as f:
+        return pickle.load(f)["_ot_study"]
+
+
+def test_search_end_to_end(ray_session, tmp_path, monkeypatch):
+    spec, outcome = run(tiny(tmp_path))
+    assert outcome.complete
+    client, parents, children = mlflow_runs(tmp_path)
+
+    # one parent, one FINISHED child per trial, with metrics, params and tags
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 6 and len({c.data.tags[f"{TAG}.trial_id"] for c in children}) == 6
+    for c in children:
+        assert c.info.status == "FINISHED" and c.data.tags[f"{TAG}.state"] == "complete"
+        assert c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert c.data.tags[f"{TAG}.regularizer"] in ("cges", "growl")
+        for key in ("val_accuracy", "test_accuracy", "params_nonzero", "flops_compact", "params_total"):
+            assert key in c.data.metrics
+        assert c.data.params["regularizer/name"] == c.data.tags[f"{TAG}.regularizer"]
+        history = client.get_metric_history(c.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in history) == [1, 2, 3]
+        assert {a.path for a in client.list_artifacts(c.info.run_id)} >= {"config.yaml", "result.json",
+                                                                           "compact_model.pt"}
+    # conditional space: GrOWL's knobs never on a CGES trial and vice versa
+    for c in children:
+        if c.data.tags[f"{TAG}.regularizer"] == "cges":
+            assert "regularizer/lambda1" not in c.data.params and "regularizer/lam" in c.data.params
+        else:
+            assert "regularizer/lam" not in c.data.params and "regularizer/p" in c.data.params
+    # the Pareto tags agree with pareto.py on the children's own metrics
+    names, modes = spec.objective_names(), spec.objective_modes()
+    values = np.array([[c.data.metrics[m] for m in names] for c in children])
+    mask = pareto.nondominated_mask(values, modes)
+    assert [c.data.tags[f"{TAG}.pareto"] == "true" for c in children] == list(mask)
+    # hypervolume logged after every finished trial; the last equals pareto.py's
+    hv = client.get_metric_history(parents[0].info.run_id, "hypervolume")
+    assert sorted(m.step for m in hv) == [1, 2, 3, 4, 5, 6]
+    dense = np.array([children[0].data.metrics["params_total"], children[0].data.metrics["flops_dense"]])
+    normalised = np.column_stack([values[:, 0], values[:, 1] / dense[0], values[:, 2] / dense[1]])
+    expected = pareto.hypervolume(normalised, modes, [0.0, 1.0, 1.0])
+    assert max(hv, key=lambda m: m.step).value == pytest.approx(expected)
+    assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {
+        "pareto.csv", "frontier_params.png", "frontier_flops.png", "spec.yaml"}
+    # the study stayed multi-objective, and what Optuna was told matches MLflow
+    study = optuna_study(outcome)
+    assert len(study.directions) == 3
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 6 and all(len(t.values) == 3 for t in complete)
+    assert sorted(tuple(t.values) for t in complete) == sorted(map(tuple, values.tolist()))
+
+    # export the frontier, then re-run an exported config: same parameter counts
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert main(["export", "--experiment", "tiny", "--tracking-uri", uri, "--out", str(tmp_path / "exp")]) == 0
+    files = sorted((tmp_path / "exp").glob("rank*.yaml"))
+    assert len(files) == int(mask.sum())
+    chosen = files[0]
+    assert main(["train", str(chosen), "--out", str(tmp_path / "rerun"), "--quiet"]) == 0
+    rerun = json.loads((tmp_path / "rerun/result.json").read_text())
+    index = {row.split(",")[0]: row for row in (tmp_path / "exp/index.csv").read_text().splitlines()[1:]}
+    original = next(c for c in children if c.data.tags[f"{TAG}.trial_id"] in chosen.name)
+    assert rerun["params_nonzero"] == original.data.metrics["params_nonzero"]
+    assert rerun["flops_compact"] == original.data.metrics["flops_compact"]
+    assert rerun["val_accuracy"] == pytest.approx(original.data.metrics["val_accuracy"], abs=0.005)
+    assert chosen.name in index
+    # the exported YAML is exactly the config the trial ran (the MLflow artifact)
+    artifact = client.download_artifacts(original.info.run_id, "config.yaml", str(tmp_path / "dl"))
+    assert yaml.safe_load(Path(artifact).read_text()) == yaml.safe_load(chosen.read_text())
+
+
+def test_scheduler_stopped_trials_are_pruned_not_on_frontier(ray_session, tmp_path):
+    spec_dict = tiny(tmp_path, trials=8, concurrency=1,
+                     scheduler={"type": "asha", "metric": "val_loss", "mode": "min", "grace_period": 1,
+                                "reduction_factor": 2})
+    spec_dict["base"]["optim"]["epochs"] = 4
+    spec_dict["space"] = {"optim/lr": {"type": "loguniform", "low": 1e-3, "high": 0.3}}
+    spec, outcome = run(spec_dict)
+    assert outcome.complete
+    _, _, children = mlflow_runs(tmp_path)
+    pruned = [c for c in children if c.data.tags[f"{TAG}.state"] == "pruned"]
+    complete = [c for c in children if c.data.tags[f"{TAG}.state"] == "complete"]
+    assert len(children) == 8 and pruned and complete
+    assert all(c.info.status == "KILLED" and c.data.tags[f"{TAG}.pareto"] == "false" for c in pruned)
+    assert all(int(c.data.tags[f"{TAG}.pruned_at_epoch"]) < 4 for c in pruned)
+    study = optuna_study(outcome)
+    assert len(study.directions) == 3  # still multi-objective with a scheduler
+    states = [t.state.name for t in study.trials]
+    assert states.count("PRUNED") == len(pruned) and states.count("COMPLETE") == len(complete)
+    assert {r["trial_id"] for r in outcome.frontier.rows} == {c.data.tags[f"{TAG}.trial_id"] for c in complete}
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "search.cli", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_interrupted_search_resumes_without_loss_or_duplicates(tmp_path):
+    spec_dict = tiny(tmp_path, trials=6, concurrency=1)
+    spec_dict["base"]["optim"]["epochs"] = 6
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec_dict))
+    proc = _start(["search", str(path)], tmp_path)
+    seen = []
+    deadline = time.time() + 240
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("[  2/6]") or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=180)
+    seen.append(out)
+    assert proc.returncode == 130, "".join(seen)[-3000:]
+    assert "--resume" in "".join(seen)
+
+    resumed = _start(["search", str(path), "--resume"], tmp_path)
+    out, _ = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, out[-3000:]
+    assert "resuming search" in out
+
+    client, parents, children = mlflow_runs(tmp_path)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trial_ids = [c.data.tags[f"{TAG}.trial_id"] for c in children]
+    assert len(trial_ids) == 6 and len(set(trial_ids)) == 6  # none lost, none duplicated
+    for c in children:
+        assert c.info.status == "FINISHED" and c.data.tags[f"{TAG}.state"] == "complete"
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "train_loss")]
+        assert sorted(set(steps)) == [1, 2, 3, 4, 5, 6]  # every epoch recorded
+    # the trials finished before the interruption were not run again
+    progress = re.compile(r"^\[\s*\d+/6\] \S+\s+(\w+) ")
+    finished_first = [m.group(1) for m in map(progress.match, "".join(seen).splitlines()) if m]
+    finished_after = [m.group(1) for m in map(progress.match, out.splitlines()) if m]
+    assert finished_first and not set(finished_first) & set(finished_after)
+    assert sorted(finished_first + finished_after) == sorted(trial_ids)
+    hv = client.get_metric_history(parents[0].info.run_id, "hypervolume")
+    assert max(m.step for m in hv) == 6

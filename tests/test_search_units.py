@@ -1,0 +1,163 @@
+"""Search pieces without a Ray runtime: the searcher's bookkeeping, the space, the tracker."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from search.spec import Objective, SearchSpec
+from search.tracking import Tracker
+from search.tune import FullBudgetOptunaSearch, SpaceDefinition
+
+ROOT = Path(__file__).parent.parent
+OBJECTIVES = [Objective(metric="val_accuracy", mode="max"), Objective(metric="params_nonzero", mode="min")]
+
+
+def spec(**changes) -> SearchSpec:
+    data = {
+        "name": "u",
+        "base": {"data": {"name": "digits"}},
+        "space": {"optim/lr": {"type": "loguniform", "low": 0.01, "high": 0.3},
+                  "model/hidden": {"type": "categorical", "choices": [[8], [16, 8]]}},
+        "regularizers": {"cges": {"lam": {"type": "loguniform", "low": 1e-3, "high": 1e-1}, "mu/last": 0.9},
+                         "growl": {"p": {"type": "uniform", "low": 0.1, "high": 1.0},
+                                   "lambda1": {"type": "loguniform", "low": 0.01, "high": 1.0}}},
+        "trials": 4,
+    }
+    data.update(changes)
+    return SearchSpec.model_validate(data)
+
+
+def searcher(s: SearchSpec) -> FullBudgetOptunaSearch:
+    return FullBudgetOptunaSearch(space=SpaceDefinition(s), metric=["val_accuracy", "params_nonzero"],
+                                  mode=["max", "min"], sampler=optuna.samplers.RandomSampler(seed=0))
+
+
+def test_space_is_conditional_and_round_robin():
+    sr = searcher(spec())
+    configs = [sr.suggest(f"t{i}") for i in range(4)]
+    assert [c["regularizer"]["name"] for c in configs] == ["cges", "growl", "cges", "growl"]
+    for c in configs:
+        reg = c["regularizer"]
+        if reg["name"] == "cges":
+            assert set(reg) == {"name", "lam", "mu"} and reg["mu"] == {"last": 0.9}
+        else:
+            assert set(reg) == {"name", "p", "lambda1"}
+        assert 0.01 <= c["optim"]["lr"] <= 0.3
+        assert c["model"]["hidden"] in ([8], [16, 8])  # list choices reach the trial as lists
+
+
+def test_sampler_allocation_lets_optuna_choose_the_family():
+    sr = searcher(spec(allocation="sampler"))
+    names = {sr.suggest(f"t{i}")["regularizer"]["name"] for i in range(12)}
+    assert names == {"cges", "growl"}
+    assert "regularizer/name" in sr._ot_study.trials[0].params
+
+
+def test_optuna_is_told_how_each_trial_really_ended():
+    sr = searcher(spec())
+    for i in range(6):
+        sr.suggest(f"t{i}")
+    sr.on_trial_complete("t0", {"final": 1.0, "val_accuracy": 0.9, "params_nonzero": 100.0})
+    sr.on_trial_complete("t1", {"final": 0.0, "val_accuracy": 0.5, "training_iteration": 2})  # stopped early
+    sr.on_trial_complete("t2", None, error=True)
+    sr.on_trial_complete("t3", {"final": 1.0, "val_accuracy": math.nan, "params_nonzero": 100.0})
+    sr.on_trial_complete("t4", {"trial_failed": 1.0, "final": 0.0, "error": "TrainingDiverged"})
+    sr.on_trial_complete("t5", {"final": 1.0, "val_accuracy": 0.8, "params_nonzero": 50.0})
+    sr.on_trial_complete("t5", {"final": 1.0, "val_accuracy": 0.1, "params_nonzero": 1.0})  # repeated: ignored
+    states = [t.state.name for t in sr._ot_study.trials]
+    assert states == ["COMPLETE", "PRUNED", "FAIL", "FAIL", "FAIL", "COMPLETE"]
+    assert sr._ot_study.trials[0].values == [0.9, 100.0] and sr._ot_study.trials[5].values == [0.8, 50.0]
+    assert len(sr._ot_study.directions) == 2
+    assert {t.number for t in sr._ot_study.best_trials} == {0, 5}
+
+
+def test_searcher_survives_pickle_as_ray_saves_it():
+    sr = searcher(spec())
+    sr.suggest("a")
+    sr.on_trial_complete("a", {"final": 1.0, "val_accuracy": 0.9, "params_nonzero": 10.0})
+    clone = pickle.loads(pickle.dumps(sr.__dict__))
+    assert clone["_ot_study"].trials[0].values == [0.9, 10.0]
+    assert callable(clone["_space"])
+
+
+def _tracker(tmp_path: Path) -> Tracker:
+    return Tracker(f"sqlite:///{tmp_path}/m.db", "exp", "exp-1", OBJECTIVES, "name: exp\n", {"trials": 2})
+
+
+def _finish(tracker: Tracker, trial: str, acc: float, params: float, reg: str = "cges"):
+    run = tracker.run_for(trial, f"{reg}_{trial}", reg, {"regularizer": {"name": reg}})
+    tracker.log_result(run, {"epoch": 1, "val_accuracy": acc, "params_nonzero": params, "params_total": 1000.0})
+    return run, tracker.complete(run, trial, None)
+
+
+def test_tracker_finds_its_runs_again_after_pickling(tmp_path):
+    tracker = _tracker(tmp_path)
+    run = tracker.run_for("t1", "cges_t1", "cges", {"regularizer": {"name": "cges"}})
+    restored = pickle.loads(pickle.dumps(tracker))  # what Ray does to callbacks on restore
+    assert restored.run_for("t1", "cges_t1", "cges", {}) == run
+    assert restored.parent_id == tracker.parent_id
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    exp = client.get_experiment_by_name("exp")
+    assert len(client.search_runs([exp.experiment_id])) == 2  # one parent + one child, no duplicate
+    assert exp.artifact_location.startswith(str(tmp_path / "mlartifacts"))  # beside the DB
+    params = client.get_run(run).data.params
+    assert params["regularizer/name"] == "cges" and params["regularizer/lam"] == "0.01"  # the full config
+
+
+def test_pareto_tags_follow_the_frontier(tmp_path):
+    tracker = _tracker(tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    run_a, f1 = _finish(tracker, "a", 0.90, 500.0)
+    assert client.get_run(run_a).data.tags["sparsetune.pareto"] == "true"
+    run_b, f2 = _finish(tracker, "b", 0.95, 400.0, "growl")  # dominates a
+    assert client.get_run(run_a).data.tags["sparsetune.pareto"] == "false"
+    assert client.get_run(run_b).data.tags["sparsetune.pareto"] == "true"
+    run_c, f3 = _finish(tracker, "c", 0.80, 100.0)  # a trade-off: also optimal
+    assert [r["trial_id"] for r in f3.points] == ["b", "c"]
+    # hypervolume on the normalised objectives (params / params_total), reference (0, 1)
+    assert f3.hypervolume == pytest.approx(0.95 * (1 - 0.4) + 0.80 * (0.4 - 0.1))
+    hv = client.get_metric_history(tracker.parent_id, "hypervolume")
+    assert [m.step for m in hv] == [1, 2, 3]
+    final = tracker.finish()
+    names = {a.path for a in client.list_artifacts(tracker.parent_id)}
+    assert {"pareto.csv", "frontier_params.png", "spec.yaml"} <= names
+    assert client.get_run(tracker.parent_id).info.status == "FINISHED"
+    assert final.hypervolume == f3.hypervolume
+
+
+def test_failed_and_pruned_trials_are_recorded_and_never_on_the_frontier(tmp_path):
+    tracker = _tracker(tmp_path)
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    run_f = tracker.run_for("f", "f", "cges", {})
+    tracker.failed(run_f, "Traceback ...\nRuntimeError: boom")
+    run_p = tracker.run_for("p", "p", "cges", {})
+    tracker.pruned(run_p, 2)
+    _, frontier = _finish(tracker, "ok", 0.9, 10.0)
+    assert client.get_run(run_f).info.status == "FAILED"
+    assert "boom" in client.get_run(run_f).data.tags["sparsetune.error"]
+    assert client.get_run(run_p).info.status == "KILLED"
+    assert [r["trial_id"] for r in frontier.rows] == ["ok"]
+
+
+def test_cluster_yaml_passes_rays_validation():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    validate_config(prepare_config(copy.deepcopy(cfg)))  # what `ray up` runs
+    assert any(t["node_config"]["InstanceType"].startswith(("g", "p"))
+               for name, t in cfg["available_node_types"].items() if name != cfg["head_node_type"])
+    assert any("mlflow server" in c and "--host 127.0.0.1" in c for c in cfg["head_start_ray_commands"])
+    text = (ROOT / "cluster.yaml").read_text().lower()
+    assert not any(secret in text for secret in ("aws_secret", "secret_access_key", "password", "token:"))
+    broken = copy.deepcopy(cfg)
+    broken["head_node_type"] = "missing"
+    with pytest.raises(ValueError):
+        validate_config(prepare_config(broken))
