@@ -222,8 +222,7 @@ class TrackingCallback(tune.Callback):
             print(text, flush=True)
 
     def _run(self, trial) -> str:
-        return self.tracker.run_for(trial.trial_id, str(trial), trial.config.get("regularizer", {}).get("name", ""),
-                                    trial.config)
+        return self.tracker.run_for(trial.trial_id, str(trial), _family(trial), trial.config)
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
         if not self._reconciled:  # after a restore: settle trials that ended before the interruption
@@ -276,8 +275,12 @@ class TrackingCallback(tune.Callback):
         self.frontier = self.tracker.finish("FINISHED" if self.complete else "KILLED")
 
 
+def _family(trial) -> str:
+    return (trial.config.get("regularizer") or {}).get("name", "none")
+
+
 def _name(trial) -> str:
-    return f"{trial.config.get('regularizer', {}).get('name', '?'):<16} {trial.trial_id}"
+    return f"{_family(trial):<16} {trial.trial_id}"
 
 
 def _summary(r: dict) -> str:
@@ -290,13 +293,12 @@ def _summary(r: dict) -> str:
 
 
 def _error_text(trial) -> str:
-    path = getattr(trial, "error_file", None)
+    """The trial's error as Ray stored it (read through the storage filesystem, so remote too)."""
     try:
-        if path and Path(path).exists():
-            return Path(path).read_text()
-    except OSError:
-        pass
-    return str(getattr(trial, "error_msg", None) or "unknown error")
+        error = trial.get_error()
+    except OSError as e:
+        return f"(the error file could not be read: {e})"
+    return str(error) if error is not None else "unknown error (Ray recorded none)"
 
 
 # ----------------------------------------------------------------------------- running
@@ -396,7 +398,7 @@ def _new_tuner(spec: SearchSpec, storage: str, search_id: str, callback: Trackin
 
 
 def _trial_name(trial) -> str:
-    return f"{trial.config.get('regularizer', {}).get('name', 'trial')}_{trial.trial_id}"
+    return f"{_family(trial)}_{trial.trial_id}"
 
 
 def _search_params(spec: SearchSpec) -> dict[str, Any]:

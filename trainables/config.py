@@ -18,6 +18,8 @@ Search parameter names are field paths joined by ``/`` (``regularizer/lam``); Ra
 from __future__ import annotations
 
 import math
+import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,10 +62,19 @@ class ConfigError(ValueError):
             got = "" if value is _NO_VALUE else f" (got {_show(value)})"
             lines.append(f"{where}{msg}{got}")
         head = f"invalid {self.what} {source}" if source else f"invalid {self.what}"
+        self._args = (problems, source)
         if len(lines) == 1:
             super().__init__(f"{head}: {lines[0]}")
         else:
             super().__init__(head + ":\n" + "\n".join(f"  - {line}" for line in lines))
+
+
+def _reduce_config_error(self):
+    # pickled across processes (Ray workers): rebuild from the problems, not from the message
+    return (type(self), self._args)
+
+
+ConfigError.__reduce__ = _reduce_config_error
 
 
 class _NoValue:
@@ -74,9 +85,32 @@ class _NoValue:
 _NO_VALUE = _NoValue()
 
 
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother = 3, 80, 80
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    # a full repr of a small value; a bounded one of a big value (a YAML "billion laughs" document
+    # is small on disk and shares its nodes, but its repr would never end)
+    text = repr(value) if _small(value) else _SHORT_REPR.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _small(value: Any, budget: int = 200) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        budget -= 1
+        if budget < 0:
+            return False
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif isinstance(item, (str, bytes)) and len(item) > 10_000:
+            return False
+    return True
 
 
 class _FieldError(ValueError):
@@ -98,6 +132,9 @@ def _from_validation_error(e: ValidationError, prefix: str = "", source: str | N
     unions: dict[str, tuple[list[str], Any]] = {}
     for err in e.errors(include_url=False):
         loc = [str(p) for p in err["loc"]]
+        if loc and loc[-1] == "[key]":  # a mapping key that is not a string (a number, a date, ...)
+            loc.pop()
+            err = {**err, "type": "invalid_key"}
         tags = [p for p in loc if p in _KIND_WORDS or p.startswith(("literal[", "list[", "function-"))]
         loc = [p for p in loc if p not in tags]
         path = ".".join(([prefix] if prefix else []) + loc)
@@ -109,6 +146,8 @@ def _from_validation_error(e: ValidationError, prefix: str = "", source: str | N
             msg, value = exc.msg, exc.value
         elif err["type"] == "extra_forbidden":
             msg = "unknown field"
+        elif err["type"] == "invalid_key":
+            msg = "a key must be a string (quote it)"
         elif err["type"] == "missing":
             msg, value = "required field is missing", _NO_VALUE
         elif tags and err["type"] not in ("value_error", "assertion_error"):
@@ -146,6 +185,20 @@ def _finite(value: float, name: str, lo: float | None = None, hi: float | None =
     if hi is not None and (value >= hi if hi_open else value > hi):
         raise _FieldError(field, f"`{name} {'<' if hi_open else '<='} {hi}` must hold", value)
     return value
+
+
+# The largest layer width, class count or example count: sizes become tensor dimensions, and
+# anything larger cannot be built (torch sizes are C longs) long before it fits in memory.
+MAX_SIZE = 2**31 - 1
+# torch.manual_seed accepts exactly the 64-bit seeds
+_SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
+def _size(value: int | None, name: str, lo: int = 1) -> None:
+    if value is not None and value < lo:
+        raise _FieldError(name, f"`{name} >= {lo}` must hold", value)
+    if value is not None and value > MAX_SIZE:
+        raise _FieldError(name, f"`{name} <= {MAX_SIZE}` must hold", value)
 
 
 def _fill_family(data: Any, *, key: str, default: str, table: dict[str, dict[str, Any]],
@@ -195,6 +248,13 @@ def _check_schedule(value: Schedule | None, name: str, lo: float, hi: float | No
         return
     if isinstance(value, list) and not value:
         raise _FieldError(name, "an empty list; give one value per regularized layer", value)
+    if isinstance(value, Ends):  # name the end that is wrong: mu.last, not all of mu
+        for end in ("first", "last"):
+            try:
+                _finite(getattr(value, end), name, lo, hi)
+            except _FieldError as e:
+                raise _FieldError(f"{name}.{end}", e.msg, e.value) from None
+        return
     for v in _schedule_values(value):
         try:
             _finite(v, name, lo, hi)
@@ -272,7 +332,14 @@ class DataConfig(_Strict):
     @classmethod
     def _absolute(cls, v: str | None) -> str | None:
         # Ray moves each trial into its own working directory: keep only absolute paths.
-        return None if v is None else str(Path(v).expanduser().absolute())
+        if v is None:
+            return None
+        if "\0" in v:
+            raise ValueError("a path cannot contain a NUL character")
+        try:
+            return str(Path(v).expanduser().absolute())
+        except RuntimeError:  # "~user" for a user that does not exist
+            raise ValueError(f"cannot expand {v.split('/')[0]!r}: no such user") from None
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -280,17 +347,17 @@ class DataConfig(_Strict):
         _finite(self.test_fraction, "test_fraction", 0, 1, lo_open=True, hi_open=True)
         if self.train_subset is not None and self.train_subset < 1:
             raise _FieldError("train_subset", "`train_subset >= 1` must hold", self.train_subset)
+        if self.split_seed < 0:  # numpy's default_rng takes non-negative seeds only
+            raise _FieldError("split_seed", "`split_seed >= 0` must hold", self.split_seed)
         if self.name in ("idx", "arrays") and self.path is None:
             kind = "a folder of IDX files" if self.name == "idx" else "a .npz or .csv file"
             raise _FieldError("path", f"dataset {self.name!r} needs `path` ({kind})")
         if self.name == "correlated_blocks":
             for f in ("n_samples", "n_features", "n_blocks", "block_size", "num_classes"):
-                if getattr(self, f) < 1:
-                    raise _FieldError(f, f"`{f} >= 1` must hold", getattr(self, f))
+                _size(getattr(self, f), f)
             if self.num_classes < 2:
                 raise _FieldError("num_classes", "`num_classes >= 2` must hold", self.num_classes)
-            if self.block_gap < 0:
-                raise _FieldError("block_gap", "`block_gap >= 0` must hold", self.block_gap)
+            _size(self.block_gap, "block_gap", lo=0)
             _finite(self.rho, "rho", -1, 1, lo_open=True, hi_open=True)
             span = self.n_blocks * self.block_size + (self.n_blocks - 1) * self.block_gap
             if span > self.n_features:
@@ -325,6 +392,8 @@ class ModelConfig(_Strict):
     def _check(self) -> ModelConfig:
         if self.hidden is not None and any(h < 1 for h in self.hidden):
             raise _FieldError("hidden", "hidden layer widths must be >= 1", self.hidden)
+        if self.hidden is not None and any(h > MAX_SIZE for h in self.hidden):
+            raise _FieldError("hidden", f"hidden layer widths must be <= {MAX_SIZE}", self.hidden)
         if self.dropout is not None:
             _finite(self.dropout, "dropout", 0, 1, hi_open=True)
         return self
@@ -372,8 +441,7 @@ class OptimConfig(_Strict):
             _finite(self.momentum, "momentum", 0, 1, hi_open=True)
         if self.epochs < 1:
             raise _FieldError("epochs", "`epochs >= 1` must hold", self.epochs)
-        if self.batch_size < 1:
-            raise _FieldError("batch_size", "`batch_size >= 1` must hold", self.batch_size)
+        _size(self.batch_size, "batch_size")
         if self.lr_step is not None and self.lr_step < 1:
             raise _FieldError("lr_step", "`lr_step >= 1` must hold", self.lr_step)
         if self.lr_gamma is not None:
@@ -493,8 +561,16 @@ class TrialConfig(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if v not in ("auto", "cpu") and not (v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit())):
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,4})?", v):  # ASCII digits: torch.device's syntax
             raise ValueError("device must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, v: int) -> int:
+        lo, hi = _SEED_RANGE
+        if not lo <= v <= hi:
+            raise ValueError("`-2**63 <= seed < 2**64` must hold (torch.manual_seed's range)")
         return v
 
     @model_validator(mode="after")
@@ -520,8 +596,9 @@ class TrialConfig(_Strict):
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrialConfig:
         data = load_yaml(path)
-        if data is None:
-            data = {}
+        if data is None:  # an empty file (or only comments): surely not what was meant
+            raise ConfigError([("", "the file is empty: a config must be a mapping of sections "
+                                    "(write {} for every default)", _NO_VALUE)], str(path))
         if isinstance(data, dict):
             for item in overrides or []:
                 key, value = parse_override(item)

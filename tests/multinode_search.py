@@ -1,0 +1,53 @@
+"""Helper for tests/test_faults.py (not a test module): run a search on a 3-node Ray cluster on this
+machine (ray.cluster_utils.Cluster: a head without CPUs and two 1-CPU worker nodes) and remove one
+worker node while its trial is running. Prints a JSON summary as the last line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import ray
+from ray.cluster_utils import Cluster
+
+import search.tune  # noqa: F401  (sets the driver's Tune environment)
+from search.spec import load_spec
+from search.tune import run_search
+
+
+def main(spec_path: str) -> None:
+    spec = load_spec(spec_path)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    storage = Path(spec.storage)
+    removed: list[str] = []
+
+    def remove_a_node():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            # both workers busy and some trial has checkpointed: pull a worker node out
+            if sum(len(list(d.glob("checkpoint_*"))) >= 2 for d in storage.glob("*/*")) >= 1:
+                cluster.remove_node(workers[1])
+                removed.append("worker-1")
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=remove_a_node, daemon=True)
+    thread.start()
+    try:
+        outcome = run_search(spec, Path(spec_path).read_text(), address=cluster.address, quiet=True)
+    finally:
+        thread.join(timeout=1)
+        ray.shutdown()
+        cluster.shutdown()
+    print(json.dumps({"removed_node": bool(removed), "complete": outcome.complete,
+                      "frontier": len(outcome.frontier.rows)}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
