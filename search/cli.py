@@ -45,10 +45,13 @@ examples:
 def _cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from trainables import TrialConfig, check_config, fit, save_run
+    from trainables import ConfigError, TrialConfig, check_config, fit, save_run
 
     cfg = TrialConfig.from_yaml(args.config, overrides=args.set)
-    check_config(cfg)
+    try:
+        check_config(cfg)
+    except ConfigError as e:  # name the file, as the errors of TrialConfig.from_yaml do
+        raise ConfigError(e.problems, e.source or args.config) from None
     console = Console(stderr=True)
     with _EpochProgress(console, cfg, quiet=args.quiet) as progress:
         result = fit(cfg, report=progress.report)

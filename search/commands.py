@@ -135,9 +135,8 @@ def _cmd_frontier(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import yaml
-
     from trainables import TrialConfig
+    from trainables.yamlio import dump_yaml
 
     client, parent, frontier = _load(args)
     chosen = frontier.points
@@ -154,7 +153,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         header = (f"# exported from MLflow run {row['run_id']} (search {parent.info.run_name}, trial "
                   f"{row['trial_id']})\n# " + ", ".join(f"{o.metric}={row.get(o.metric)}" for o in frontier.objectives)
                   + f", test_accuracy={row.get('test_accuracy')}\n")
-        (out / name).write_text(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        (out / name).write_text(header + dump_yaml(cfg.to_dict(), default_flow_style=False, width=80))
         Path(local).unlink()
         Path(local).parent.rmdir()
         index.append({"file": name, **{k: row.get(k) for k in frontier.columns() if not k.startswith("param:")},

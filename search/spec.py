@@ -106,7 +106,8 @@ class Distribution(_Strict):
             raise ValueError(f"a log-scale distribution needs `low > 0`, but got low={self.low!r}")
         if self.type == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()):
             raise ValueError(f"int bounds must be integers, but got low={self.low!r}, high={self.high!r}")
-        if self.step is not None and (self.step <= 0 or self.type == "loguniform" or self.log):
+        if self.step is not None and (not (math.isfinite(self.step) and self.step > 0)
+                                      or self.type == "loguniform" or self.log):
             raise ValueError(f"`step` must be > 0 and not on a log scale, but got step={self.step!r}")
         return self
 
@@ -123,6 +124,12 @@ class Objective(_Strict):
     metric: str
     mode: Literal["max", "min"]
     reference: float | None = None  # hypervolume reference; default: 0 for accuracies, dense value
+
+    @model_validator(mode="after")
+    def _check(self) -> Objective:
+        if self.reference is not None and not math.isfinite(self.reference):
+            raise _FieldError("reference", "the hypervolume reference must be finite", self.reference)
+        return self
 
 
 class Resources(_Strict):
@@ -154,7 +161,7 @@ class Scheduler(_Strict):
             raise ValueError(f"the scheduler needs a per-epoch metric {list(EPOCH_METRICS)}, got {self.metric!r}")
         if self.grace_period < 1:
             raise ValueError(f"`grace_period >= 1` must hold, but got {self.grace_period!r}")
-        if not self.reduction_factor > 1:
+        if not (math.isfinite(self.reduction_factor) and self.reduction_factor > 1):
             raise ValueError(f"`reduction_factor > 1` must hold, but got {self.reduction_factor!r}")
         return self
 
@@ -196,6 +203,8 @@ class SearchSpec(_Strict):
         for field, low in (("trials", 1), ("concurrency", 1), ("max_failures", 0)):
             if getattr(self, field) < low:
                 raise _FieldError(field, f"`{field} >= {low}` must hold", getattr(self, field))
+        if not 0 <= self.seed <= 2**32 - 1:  # what Optuna's samplers accept
+            raise _FieldError("seed", "`0 <= seed <= 2**32 - 1` must hold (Optuna's sampler seed)", self.seed)
         return self
 
     # -- derived views --------------------------------------------------------------------------
@@ -266,6 +275,9 @@ def load_spec(path: str | Path, *, trials: int | None = None) -> SearchSpec:
     """Read, parse and fully validate a spec file (``SpecError`` on any problem)."""
     source = str(path)
     raw = load_yaml(path)
+    if raw is None:
+        raise SpecError("the file is empty: a search spec must be a mapping (see examples/quickstart.yaml)",
+                        source)
     if not isinstance(raw, dict):
         raise SpecError([("", "a search spec must be a mapping", raw)], source)
     if trials is not None:
@@ -355,7 +367,27 @@ def _check_structure(spec: SearchSpec, problems: list) -> None:
             if key in owned:
                 problems.append((f"base.regularizer.{key}",
                                  "set per family under `regularizers` when several families are compared", base_reg[key]))
+    for section, entries in [("space", spec.space)] + [
+            (f"regularizers.{f}", e) for f, e in (spec.regularizers or {}).items()]:
+        for key in entries:
+            if any(not part for part in _canonical(key).split("/")):
+                problems.append((f"{section}.{key}", "a config field path with an empty part "
+                                                     "(write e.g. optim/lr)", key))
+    if problems:
+        return
     for family in spec.families or [None]:
+        for path in spec.family_entries(family):
+            node, parts = spec.base, path.split("/")
+            for i, part in enumerate(parts[:-1]):
+                if not isinstance(node, dict) or part not in node:
+                    break
+                node = node[part]
+                where = "base." + ".".join(parts[:i + 1])
+                if not isinstance(node, dict):
+                    if all(p[0] != where for p in problems):
+                        problems.append((where, f"must be a mapping: {_location(spec, family, path)} "
+                                                "sets a field inside it", node))
+                    break
         paths = sorted(spec.family_entries(family))
         for a, b in zip(paths, paths[1:]):
             if b.startswith(a + "/"):

@@ -95,7 +95,8 @@ class Frontier:
     def columns(self) -> list[str]:
         metrics = [o.metric for o in self.objectives]
         extra = ["test_accuracy", "params_total", "params_unique", "sparsity", "flops_dense"]
-        params = sorted({k for r in self.rows for k in r if k.startswith("param:")})
+        keys = sorted({k for r in self.rows for k in r if k.startswith("param:")})
+        params = [k for k in keys if len({r.get(k) for r in self.rows}) > 1]  # what the search varied
         return ["trial_id", "regularizer", "pareto", *metrics, *[e for e in extra if e not in metrics],
                 "run_id", *params]
 
@@ -136,7 +137,7 @@ def _row(run) -> dict:
     tags = run.data.tags
     row = {"run_id": run.info.run_id, "trial_id": tags.get(f"{TAG}.trial_id", ""),
            "regularizer": tags.get(f"{TAG}.regularizer", ""), **run.data.metrics}
-    row.update({f"param:{k}": v for k, v in run.data.params.items() if k.startswith("regularizer/")})
+    row.update({f"param:{k}": v for k, v in run.data.params.items()})
     return row
 
 

@@ -81,6 +81,9 @@ class _NoValue:
     def __repr__(self) -> str:
         return "<none>"
 
+    def __reduce__(self) -> str:  # one instance, also after pickling (``value is _NO_VALUE``)
+        return "_NO_VALUE"
+
 
 _NO_VALUE = _NoValue()
 
@@ -148,6 +151,8 @@ def _from_validation_error(e: ValidationError, prefix: str = "", source: str | N
             msg = "unknown field"
         elif err["type"] == "invalid_key":
             msg = "a key must be a string (quote it)"
+        elif err["type"] == "model_type" and not tags:  # "a valid dictionary or instance of OptimConfig"
+            msg = "expected a mapping of fields"
         elif err["type"] == "missing":
             msg, value = "required field is missing", _NO_VALUE
         elif tags and err["type"] not in ("value_error", "assertion_error"):

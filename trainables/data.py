@@ -108,10 +108,10 @@ def describe(cfg: DataConfig) -> DataSpec:
     can be avoided (IDX: the headers and labels only; ``.npz``: the header of ``X`` and ``y``).
     Raises :class:`ConfigError` naming the field and value for every problem found."""
     if cfg.name == "digits":
-        _split_indices(_DIGITS_SIZE, cfg, official_test=False)
+        _check_split(_DIGITS_SIZE, cfg, official_test=False)
         return DataSpec((1, 8, 8), 10)
     if cfg.name == "correlated_blocks":
-        _split_indices(cfg.n_samples, cfg, official_test=False)
+        _check_split(cfg.n_samples, cfg, official_test=False)
         return DataSpec((cfg.n_features,), cfg.num_classes)
     if cfg.name in _TORCHVISION:
         root = _torchvision_root(cfg)
@@ -199,6 +199,18 @@ def _count(fraction: float, n: int) -> int:
     return min(n, math.ceil(fraction * n - 1e-9)) if fraction > 0 else 0
 
 
+def _check_split(n: int, cfg: DataConfig, *, official_test: bool) -> None:
+    """What :func:`_split_indices` checks, from the counts alone (``describe`` allocates nothing,
+    so a huge ``n_samples`` is not drawn just to check it)."""
+    rest = n - (0 if official_test else _count(cfg.test_fraction, n))
+    if rest - _count(cfg.val_fraction, rest) <= 0:
+        raise ConfigError([(
+            "data.val_fraction",
+            f"leaves no training examples out of {n} (test_fraction={cfg.test_fraction})",
+            cfg.val_fraction,
+        )])
+
+
 def _split_indices(n: int, cfg: DataConfig, *, official_test: bool
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices of (train, val, test) among ``n`` examples (test empty with an official test set).
@@ -220,11 +232,7 @@ def _split_indices(n: int, cfg: DataConfig, *, official_test: bool
     if cfg.train_subset is not None:
         train = train[:cfg.train_subset]
     if len(train) == 0:
-        raise ConfigError([(
-            "data.val_fraction",
-            f"leaves no training examples out of {n} (test_fraction={cfg.test_fraction})",
-            cfg.val_fraction,
-        )])
+        _check_split(n, cfg, official_test=official_test)
     return train, val, test
 
 
@@ -477,7 +485,7 @@ def _idx_classes(pairs: dict[str, tuple]) -> int:
 def _idx_describe(cfg: DataConfig) -> DataSpec:
     pairs = _idx_read(cfg, header_only=True)
     (shape, _, _), *_ = pairs.values()
-    _split_indices(shape[0], cfg, official_test=len(pairs) == 2)
+    _check_split(shape[0], cfg, official_test=len(pairs) == 2)
     return DataSpec((1, *shape[1:]), _idx_classes(pairs))
 
 
@@ -586,6 +594,17 @@ def _csv_header(path: Path, cfg: DataConfig) -> list[str]:
 def _csv_read(path: Path, cfg: DataConfig, *, labels_only: bool
               ) -> tuple[int, np.ndarray | None, np.ndarray]:
     """(number of feature columns, X unless ``labels_only``, raw labels)."""
+    try:
+        return _csv_parse(path, cfg, labels_only=labels_only)
+    except UnicodeDecodeError as e:
+        raise ConfigError([("data.path", f"not a UTF-8 text .csv file ({e.reason} at byte {e.start})",
+                            cfg.path)]) from None
+    except (csv.Error, OSError) as e:
+        raise ConfigError([("data.path", f"not a readable .csv file ({e})", cfg.path)]) from None
+
+
+def _csv_parse(path: Path, cfg: DataConfig, *, labels_only: bool
+               ) -> tuple[int, np.ndarray | None, np.ndarray]:
     header = _csv_header(path, cfg)
     t = header.index(cfg.target)
     rows: list[list[str]] = []
@@ -633,7 +652,7 @@ def _arrays_read(cfg: DataConfig, *, header_only: bool
 
 def _arrays_describe(cfg: DataConfig) -> DataSpec:
     example, _, y, classes = _arrays_read(cfg, header_only=True)
-    _split_indices(len(y), cfg, official_test=False)
+    _check_split(len(y), cfg, official_test=False)
     return DataSpec(example, len(classes))
 
 

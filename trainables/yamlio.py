@@ -20,8 +20,15 @@ class YamlError(ValueError):
     """A file that cannot be read or is not valid YAML."""
 
 
+_MAX_FLOW_DEPTH = 100  # a config nests a few levels; PyYAML scans deep [[[[... in quadratic time
+
+
 class _Loader(yaml.SafeLoader):
-    pass
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
+        if self.flow_level >= _MAX_FLOW_DEPTH:
+            raise yaml.scanner.ScannerError(None, None, f"[ or {{ nested more than {_MAX_FLOW_DEPTH} deep",
+                                            self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
 
 
 _FLOAT = re.compile(
@@ -35,10 +42,21 @@ _FLOAT = re.compile(
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes what ``_Loader`` reads back the same: a string such as ``"1e-3"`` is quoted."""
+
+
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
 def loads_yaml(text: str, source: str = "<string>") -> Any:
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
     except yaml.YAMLError as e:
+        raise YamlError(f"{source}: not valid YAML: {e}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise YamlError(f"{source}: not valid YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as e:  # a constructor's error: `!!int 1e3`, 5000 digits
         raise YamlError(f"{source}: not valid YAML: {e}") from None
 
 
@@ -53,5 +71,7 @@ def load_yaml(path: str | Path) -> Any:
     return loads_yaml(text, str(path))
 
 
-def dump_yaml(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+def dump_yaml(data: Any, **options: Any) -> str:
+    """Safe YAML that :func:`loads_yaml` reads back as ``data`` (``options``: ``yaml.dump``'s)."""
+    return yaml.dump(data, Dumper=_Dumper, **{"sort_keys": False, "default_flow_style": None,
+                                              "width": 100, **options})
