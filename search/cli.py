@@ -146,9 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as e:  # a run that failed: say what and why, without a wall of traceback
         from trainables import TrainingDiverged
+        from trainables.data import DataUnavailable
 
         if isinstance(e, TrainingDiverged):
             print(f"sparsetune {args.command}: training diverged: {e}", file=sys.stderr)
+            return 1
+        if isinstance(e, DataUnavailable):
+            print(f"sparsetune {args.command}: error: {e}", file=sys.stderr)
             return 1
         raise
 

@@ -629,3 +629,25 @@ def test_describe_equals_loaded_spec(kind, tmp_path):
         _write_csv(tmp_path / "a.csv", "t,f1,f2", [f"{i % 4},{i},{i * i}" for i in range(10)])
         cfg = _cfg(name="arrays", path=str(tmp_path / "a.csv"), target="t")
     assert D.describe(cfg) == D.load(cfg).spec
+
+
+def test_failed_download_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    """No network (as on CI): one message saying what to do, exit status 1, no traceback."""
+    import torchvision.datasets
+
+    from search.cli import main
+    from trainables.data import DataUnavailable
+
+    class Offline:
+        def __init__(self, root, train, download):
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://...")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
+    cfg = DataConfig(name="mnist", path=str(tmp_path / "cache"))
+    with pytest.raises(DataUnavailable, match="could not download MNIST into .*cache.*copy the dataset"):
+        D.load(cfg)
+    (tmp_path / "c.yaml").write_text(f"data: {{name: mnist, path: {tmp_path / 'cache'}}}\noptim: {{epochs: 1}}\n")
+    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "sparsetune train: error: could not download MNIST" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

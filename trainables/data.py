@@ -52,7 +52,7 @@ from filelock import FileLock
 
 from .config import ConfigError, DataConfig
 
-__all__ = ["DataSpec", "Split", "Dataset", "describe", "load", "batches"]
+__all__ = ["DataUnavailable", "DataSpec", "Split", "Dataset", "describe", "load", "batches"]
 
 
 @dataclass(frozen=True)
@@ -342,6 +342,10 @@ def _torchvision_arrays(ds: Any) -> tuple[np.ndarray, np.ndarray]:
     return X, np.asarray(ds.targets, dtype=np.int64)
 
 
+class DataUnavailable(RuntimeError):
+    """A valid config whose data cannot be fetched here (e.g. a download without network)."""
+
+
 def _load_torchvision(cfg: DataConfig, device: torch.device | str) -> Dataset:
     import torchvision.datasets
 
@@ -353,8 +357,16 @@ def _load_torchvision(cfg: DataConfig, device: torch.device | str) -> Dataset:
     except OSError as e:
         raise ConfigError([("data.path", f"cannot create the dataset folder: {e}", str(root))]) from None
     with FileLock(str(root / _LOCK_NAME)):  # one download per node, never a half-written file
-        train = cls(str(root), train=True, download=True)
-        test = cls(str(root), train=False, download=True)
+        try:
+            train = cls(str(root), train=True, download=True)
+            test = cls(str(root), train=False, download=True)
+        except (RuntimeError, OSError) as e:  # torchvision: "Error downloading ..." after every mirror
+            raise DataUnavailable(
+                f"could not download {cls_name} into {root} ({(str(e).strip() or type(e).__name__).splitlines()[0]}) "
+                f"Without "
+                f"network access, copy the dataset's files into that folder (torchvision's layout) on every "
+                f"node, or use an `idx` / `arrays` dataset"
+            ) from None
     X, y = _torchvision_arrays(train)
     return _assemble(X, y, cfg, device, num_classes=classes, test=_torchvision_arrays(test),
                      scale=255.0, info={"root": str(root)})
