@@ -1,0 +1,1 @@
+"""Benchmarks of sparsetune (not part of the installed package): see ``bench/README.md``."""

@@ -1,0 +1,212 @@
+"""GrOWL Table 1 analogue on MNIST-10k (784-300-10 MLP), and the frontier of the search behind it.
+
+MNIST-10k is the real MNIST *test* set (../shared/data/mnist): the first 8,000 images for
+training + validation (7,200 / 800), the last 2,000 for testing. Numbers from this split are not
+comparable one-to-one with the paper's full 60k/10k MNIST.
+
+1. Search (bench/specs/mnist10k_families.yaml): group lasso, GrOWL and CGES, each with and
+   without "+l2" weight decay, objectives val accuracy / unique parameters / compacted FLOPs.
+2. Table: for each row (none, weight decay, group lasso, group lasso+l2, GrOWL, GrOWL+l2, CGES)
+   pick the search trial of that cell with the highest compression rate whose validation accuracy
+   is within --tolerance (0.5 pt) of the best validation accuracy of the search (the most accurate
+   trial of the cell if none qualifies), re-train it with each seed, and report mean ± std of
+   sparsity, parameter sharing, compression, test accuracy, and the selection instability: the
+   mean over seed pairs of |S_a xor S_b| / |S_a or S_b|, S = the non-zero input rows (pixels) of
+   the first layer (the paper's "ratio of changed indices").
+3. The papers' hand-tuned settings (examples/papers/mnist_growl.yaml, mnist_group_lasso.yaml and
+   their "+l2" variants; official lr 1e-3, 300 + 100 epochs with --full, 60 + 20 by default) run on
+   MNIST-10k and drawn on the search's frontier (bench/figures/mnist10k_frontier.png).
+
+    python bench/mnist_table1.py                       # 24 trials, 20+5 epochs, 3 seeds (~10 min)
+    python bench/mnist_table1.py --full                # 64 trials, 40+10 epochs, papers' 300+100
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+from pathlib import Path
+
+from common import ROOT, add_common_args, base_payload, markdown_table, print_header, write_json
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+import search.tune  # noqa: E402,F401
+from search.plots import frontier_figure  # noqa: E402
+from search.spec import SearchSpec, validate_spec  # noqa: E402
+from search.tune import run_search  # noqa: E402
+from trainables import TrialConfig, fit  # noqa: E402
+from trainables.groups import to_groups  # noqa: E402
+from trainables.models import prunable_layers  # noqa: E402
+from trainables.yamlio import load_yaml  # noqa: E402
+
+CELLS = [("none", 0.0, "none"), ("none", 1e-3, "weight decay"), ("group_lasso", 0.0, "group lasso"),
+         ("group_lasso", 1e-3, "group lasso + l2"), ("growl", 0.0, "GrOWL"), ("growl", 1e-3, "GrOWL + l2"),
+         ("cges", 0.0, "CGES"), ("cges", 1e-3, "CGES + l2")]
+PAPER = [("GrOWL (paper)", "mnist_growl.yaml", {}),
+         ("GrOWL + l2 (paper)", "mnist_growl.yaml", {"optim": {"weight_decay": 1e-3}, "regularizer": {"lambda2": 0.4719}}),
+         ("group lasso (paper)", "mnist_group_lasso.yaml", {}),
+         ("group lasso + l2 (paper)", "mnist_group_lasso.yaml", {"optim": {"weight_decay": 1e-3}, "regularizer": {"lam": 80.0}})]
+
+
+def deep_update(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = deep_update(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def data_section(data_dir: Path) -> dict:
+    return {"name": "idx", "path": str(data_dir), "test_fraction": 0.2, "test_split": "last"}
+
+
+def run_the_search(args, work: Path) -> tuple[SearchSpec, object]:
+    spec_dict = load_yaml(ROOT / "bench/specs/mnist10k_families.yaml")
+    spec_dict["base"]["data"] = data_section(args.data_dir)
+    spec_dict["base"]["optim"]["epochs"] = args.epochs
+    spec_dict["base"]["tying"]["retrain_epochs"] = args.retrain_epochs
+    spec_dict.update(trials=args.trials, storage=str(work / "ray"), tracking_uri=f"sqlite:///{work}/mlflow.db")
+    spec = SearchSpec.model_validate(spec_dict)
+    validate_spec(spec)
+    outcome = run_search(spec, yaml.safe_dump(spec_dict), quiet=False)
+    return spec, outcome
+
+
+def pick(rows: list[dict], family: str, wd: float, best_val: float, tolerance: float) -> dict | None:
+    cell = [r for r in rows if r["regularizer"] == family and float(r["param:optim/weight_decay"]) == wd]
+    if not cell:
+        return None
+    good = [r for r in cell if r["val_accuracy"] >= best_val - tolerance]
+    return max(good, key=lambda r: r["compression_rate"]) if good else max(cell, key=lambda r: r["val_accuracy"])
+
+
+def kept_inputs(model: torch.nn.Module) -> set[int]:
+    _, first = prunable_layers(model)[0]
+    norms = torch.linalg.vector_norm(to_groups(first.weight.detach(), "input"), dim=1)
+    return set(torch.nonzero(norms > 0).flatten().tolist())
+
+
+def instability(sets: list[set[int]]) -> float:
+    pairs = [len(a ^ b) / max(len(a | b), 1) for a, b in itertools.combinations(sets, 2)]
+    return statistics.mean(pairs) if pairs else 0.0
+
+
+def train_seeds(cfg_dict: dict, seeds: list[int]) -> dict:
+    metrics, kept = [], []
+    for seed in seeds:
+        result = fit(TrialConfig.from_dict({**cfg_dict, "seed": seed}))
+        metrics.append(result.metrics)
+        kept.append(kept_inputs(result.model))
+    out = {}
+    for key in ("sparsity", "param_sharing", "compression_rate", "test_accuracy", "val_accuracy",
+                "params_nonzero", "params_unique", "flops_compact", "flops_dense", "params_total"):
+        vals = [float(m[key]) for m in metrics]
+        out[key] = (statistics.mean(vals), statistics.pstdev(vals))
+    out["instability"] = instability(kept)
+    out["kept_inputs"] = statistics.mean(len(k) for k in kept)
+    return out
+
+
+def fmt(mean_std: tuple[float, float], pct: bool = False, digits: int = 1) -> str:
+    m, s = mean_std
+    return f"{100 * m:.{digits}f} ± {100 * s:.{digits}f}%" if pct else f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser, repeats=1)
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared/data/mnist")
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "bench/results/mnist10k")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--trials", type=int, default=None, help="search trials (default 24, --full 64)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default 20, --full 40)")
+    parser.add_argument("--retrain-epochs", type=int, default=None, help="tying retraining (default 5, --full 10)")
+    parser.add_argument("--paper-epochs", type=int, nargs=2, default=None, metavar=("TRAIN", "RETRAIN"),
+                        help="epochs of the paper settings (default 60 20, --full 300 100)")
+    parser.add_argument("--tolerance", type=float, default=0.005, help="accuracy tolerance of the pick (0.5 pt)")
+    args = parser.parse_args()
+    args.trials = args.trials or (64 if args.full else 24)
+    args.epochs = args.epochs or (40 if args.full else 20)
+    args.retrain_epochs = args.retrain_epochs or (10 if args.full else 5)
+    paper_epochs = args.paper_epochs or ((300, 100) if args.full else (60, 20))
+    if not args.data_dir.exists():
+        raise SystemExit(f"--data-dir {args.data_dir} does not exist (the MNIST test set in IDX format)")
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    payload = base_payload("mnist_table1", args, torch.device("cpu"))
+    header = print_header("GrOWL Table 1 analogue on MNIST-10k (784-300-10 MLP)", torch.device("cpu"), [
+        f"MNIST-10k: the MNIST test set, first 8,000 train+val (7,200/800), last 2,000 test. Search: {args.trials} "
+        f"trials of bench/specs/mnist10k_families.yaml, {args.epochs}+{args.retrain_epochs} epochs; "
+        f"table rows re-trained with seeds {args.seeds}."])
+    start = time.perf_counter()
+
+    spec, outcome = run_the_search(args, args.work_dir)
+    rows = outcome.frontier.rows
+    best_val = max(r["val_accuracy"] for r in rows)
+    base = dict(spec.base)
+    table, details = [], {}
+    for family, wd, label in CELLS:
+        if family == "none":
+            cfg = deep_update(base, {"regularizer": {"name": "none"}, "optim": {"weight_decay": wd}})
+            source = "baseline"
+        else:
+            chosen = pick(rows, family, wd, best_val, args.tolerance)
+            if chosen is None:
+                print(f"(no complete {label} trial in the search; row skipped)")
+                continue
+            cfg = _config_of(args.work_dir, chosen)
+            source = f"trial {chosen['trial_id']}"
+        cfg["seed"] = 0
+        stats = train_seeds(cfg, args.seeds)
+        details[label] = {"config": cfg, "source": source, "stats": stats}
+        table.append([label, fmt(stats["sparsity"], pct=True), fmt(stats["param_sharing"]),
+                      fmt(stats["compression_rate"]), fmt(stats["test_accuracy"], pct=True),
+                      f"{100 * stats['instability']:.2f}%", f"{stats['kept_inputs']:.0f}", source])
+        print(f"  {label}: done ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    paper_points, paper_table = [], []
+    for label, name, changes in PAPER:
+        cfg = deep_update(TrialConfig.from_yaml(ROOT / "examples/papers" / name).to_dict(), {
+            "data": data_section(args.data_dir), "device": "cpu",
+            "optim": {"epochs": paper_epochs[0]}, "tying": {"retrain_epochs": paper_epochs[1]}, **changes})
+        cfg = deep_update(cfg, changes)
+        m = fit(TrialConfig.from_dict(cfg)).metrics
+        paper_points.append({"label": label, **m})
+        paper_table.append([label, f"{100 * m['sparsity']:.1f}%", f"{m['param_sharing']:.2f}",
+                            f"{m['compression_rate']:.1f}", f"{100 * m['test_accuracy']:.2f}%",
+                            f"{100 * m['val_accuracy']:.2f}%"])
+        print(f"  {label}: done ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    fig_dir = ROOT / "bench/figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    for x, name in (("params_unique", "mnist10k_frontier_params.png"), ("flops_compact", "mnist10k_frontier_flops.png")):
+        frontier_figure(outcome.frontier, x, "val_accuracy", extra=paper_points).savefig(
+            fig_dir / name, dpi=130, bbox_inches="tight")
+
+    print()
+    print(markdown_table(["regularizer", "sparsity", "param. sharing", "compression", "test accuracy",
+                          "changed indices", "kept inputs", "config"], table))
+    print()
+    print(markdown_table(["paper setting on MNIST-10k", "sparsity", "param. sharing", "compression",
+                          "test accuracy", "val accuracy"], paper_table))
+    print(f"\nfrontier: {int(outcome.frontier.mask.sum())} of {len(rows)} complete trials; hypervolume "
+          f"{outcome.frontier.hypervolume:.4f}; figures in {fig_dir}/mnist10k_frontier_*.png")
+    print(f"total {time.perf_counter() - start:.0f} s")
+    payload.update(header=header, details=details, paper=paper_points, search_id=outcome.search_id,
+                   frontier=[{k: v for k, v in r.items()} for r in outcome.frontier.points])
+    write_json(args.out or str(args.work_dir / "table1.json"), payload)
+
+
+def _config_of(work: Path, row: dict) -> dict:
+    """The exact config a search trial ran, from its MLflow artifact."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{work}/mlflow.db")
+    local = client.download_artifacts(row["run_id"], "config.yaml", str(work / "configs" / row["run_id"]))
+    return load_yaml(local)
+
+
+if __name__ == "__main__":
+    main()
