@@ -12,9 +12,9 @@ between numbers measured in this one run):
 2. **Exact exclusive prox vs the official one-shot CGES step** (the step is what ``cges`` runs by
    default; ``exact: true`` runs group shrink + the exact exclusive prox).
 3. **GrOWL scaling** in the number of rows ``n`` (fixed row length 16): total time,
-   time / (n log2 n), and the split into row norms, sort, the device->CPU copy, the PAVA
-   (scikit-learn's ``isotonic_regression``, and the same through SciPy's directly), and the
-   rescale (back to the device, unsort, rescale every row).
+   time / (n log2 n), and the split into the implementation's steps: row norms, the n norms to
+   the CPU, numpy's argsort, SciPy's PAVA, the unsort, and the rescale (back to the device,
+   every row scaled).
 
     python bench/prox_bench.py                  # default size: ~1 minute on 2 busy CPU cores
     python bench/prox_bench.py --full --device cuda --out prox.json
@@ -27,17 +27,14 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from unittest import mock
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
-from sklearn.isotonic import isotonic_regression
+from scipy.optimize import isotonic_regression
 from torch import nn
-
-import trainables.prox
 
 from bench.common import (
     add_common_args,
@@ -57,6 +54,7 @@ from trainables.groups import to_groups
 from trainables.prox import (
     _check_owl_weights,
     _growl_prox_unchecked,
+    _owl_magnitudes,
     _row_norms,
     cges_step,
     growl_weights,
@@ -66,11 +64,6 @@ from trainables.prox import (
     prox_l1,
 )
 from trainables.regularizers import LayerRegularizer, get_regularizer
-
-try:  # SciPy >= 1.12: the PAVA that scikit-learn's isotonic_regression calls after validation
-    from scipy.optimize import isotonic_regression as _scipy_isotonic
-except ImportError:  # pragma: no cover - older SciPy
-    _scipy_isotonic = None
 
 # Layers of the papers' networks: (label, module factory, grouping). The group matrix of a Linear
 # [out, in] under "input"/"input_position" is [in, out]; of a Conv2d [out, in, 3, 3] it is
@@ -167,50 +160,34 @@ def bench_prox(args, device, dtype, repeats) -> tuple[list[dict], list[dict]]:
     return contiguous, layered
 
 
-def _scipy_pava_as_sklearn(y, *, y_min=None, increasing=True):
-    """``sklearn.isotonic.isotonic_regression``'s result for 1-D float64 input, minus its input
-    validation (the same SciPy computation and clip)."""
-    x = _scipy_isotonic(y, increasing=increasing).x
-    return np.clip(x, y_min, None, out=x) if y_min is not None else x
-
-
-def _total_with_scipy_pava(W, lam, t) -> float:
-    """What-if: the GrOWL prox with ``trainables.prox`` calling SciPy's PAVA directly (patched in
-    this process only; the output is checked to be identical)."""
-    ref = _growl_prox_unchecked(W, lam)
-    with mock.patch.object(trainables.prox, "isotonic_regression", _scipy_pava_as_sklearn):
-        if not torch.equal(_growl_prox_unchecked(W, lam), ref):
-            raise RuntimeError("the SciPy PAVA changes the GrOWL prox's output")
-        return t(lambda: _growl_prox_unchecked(W, lam))
-
-
 def growl_parts(n: int, row_len: int, device, dtype, repeats: int) -> dict:
-    """Section 3: one GrOWL prox on an n x row_len matrix, total and split into its steps."""
+    """Section 3: one GrOWL prox on an n x row_len matrix, total and split into the steps of
+    ``trainables.prox._growl_prox_unchecked`` (row norms on the device; the n norms to the CPU;
+    numpy argsort, SciPy's PAVA and the unsort there; back to the device and rescale the rows)."""
     gen = torch.Generator().manual_seed(n)
     W = (torch.randn(n, row_len, generator=gen, dtype=dtype) / math.sqrt(row_len)).to(device)
     # row norms are ~1; lam_1 = lambda1 + P lambda2 = 0.05 + 0.25 = 0.3 whatever n is, so the
     # amount of pooling (ties) does not change with n
     lam = growl_weights(n, max(1, n // 2), 0.05, 0.5 / n, dtype=dtype, device=device)
-    # the intermediate values of _growl_prox_unchecked / _owl_prox_unchecked, computed once
+    # the intermediate values, computed once
     norms = _row_norms(W).squeeze(1)
-    a = norms.abs()
-    z, order = torch.sort(a, descending=True, stable=True)
-    diff = z - lam.to(W.dtype)
-    d = diff.detach().cpu().numpy().astype(np.float64)
-    x_sorted = isotonic_regression(d, y_min=0.0, increasing=False)
+    a = norms.detach().abs().cpu().numpy().astype(np.float64)
+    lam64 = lam.detach().cpu().numpy().astype(np.float64)
+    order = np.argsort(-a)
+    d = a[order] - lam64
+    x_sorted = np.maximum(isotonic_regression(d, increasing=False).x, 0.0)
+    magnitudes = _owl_magnitudes(a, lam64)
     tiny = torch.finfo(dtype).tiny
 
+    def unsort():
+        out = np.empty_like(x_sorted)
+        out[order] = x_sorted
+        return out
+
     def rescale():
-        x = torch.from_numpy(x_sorted.copy()).to(device, dtype)
-        new = torch.sign(norms) * torch.empty_like(a).scatter_(0, order, x)
-        scale = torch.where(norms > 0, new / norms.clamp_min(tiny), torch.zeros_like(norms))
+        x = torch.sign(norms) * torch.from_numpy(magnitudes).to(device, dtype)
+        scale = torch.where(norms > 0, x / norms.clamp_min(tiny), torch.zeros_like(norms))
         return W * scale.unsqueeze(1)
-
-    def pava_scipy():  # the same result as the sklearn call, without its input validation
-        return np.clip(_scipy_isotonic(d, increasing=False).x, 0.0, None)
-
-    if _scipy_isotonic is not None and not np.array_equal(pava_scipy(), x_sorted):
-        raise RuntimeError("SciPy's isotonic_regression disagrees with scikit-learn's here")
 
     t = lambda fn: timeit(fn, repeats=repeats, warmup=1, device=device).median  # noqa: E731
     out = {
@@ -219,15 +196,15 @@ def growl_parts(n: int, row_len: int, device, dtype, repeats: int) -> dict:
         "total": t(lambda: _growl_prox_unchecked(W, lam)),
         "checks": t(lambda: _check_owl_weights(lam, n)),  # the extra cost of the public prox_growl
         "row_norms": t(lambda: _row_norms(W).squeeze(1)),
-        "sort": t(lambda: torch.sort(norms.abs(), descending=True, stable=True)),
-        "to_cpu": t(lambda: (z - lam.to(W.dtype)).detach().cpu().numpy().astype(np.float64)),
-        "pava_sklearn": t(lambda: isotonic_regression(d, y_min=0.0, increasing=False)),
-        "pava_scipy": t(pava_scipy) if _scipy_isotonic is not None else None,
-        "total_scipy_pava": _total_with_scipy_pava(W, lam, t) if _scipy_isotonic is not None else None,
+        "to_cpu": t(lambda: (norms.detach().abs().cpu().numpy().astype(np.float64),
+                             lam.detach().cpu().numpy().astype(np.float64))),
+        "sort": t(lambda: np.argsort(-a)),
+        "pava": t(lambda: np.maximum(isotonic_regression(a[order] - lam64, increasing=False).x, 0.0)),
+        "unsort": t(unsort),
         "rescale": t(rescale),
         "pools": int(len(np.unique(x_sorted))),
     }
-    parts = ("row_norms", "sort", "to_cpu", "pava_sklearn", "rescale")
+    parts = ("row_norms", "to_cpu", "sort", "pava", "unsort", "rescale")
     out["sum_of_parts"] = sum(out[p] for p in parts)
     out["other"] = out["total"] - out["sum_of_parts"]  # Python and dispatch overhead of the calls
     out["per_nlogn_ns"] = out["total"] / (n * math.log2(n)) * 1e9
@@ -300,13 +277,12 @@ def main(argv: list[str] | None = None) -> dict:
             scaling.append(growl_parts(n, args.growl_row_len, device, dtype, repeats))
             print(f"  timed GrOWL n={n}", file=sys.stderr, flush=True)
         payload["growl_scaling"] = scaling
-        headers = ["n", "total", "total / (n log₂ n)", "total / n", "total, SciPy PAVA (what-if)", "row norms", "sort", "to CPU",
-                   "PAVA (sklearn)", "rescale", "other", "PAVA (SciPy)", "prox_growl checks", "pools"]
+        headers = ["n", "total", "total / (n log₂ n)", "total / n", "row norms", "to CPU", "argsort",
+                   "PAVA (SciPy)", "unsort", "rescale", "other", "prox_growl checks", "pools"]
         rows = [[f"{s['n']:,}", fmt_time(s["total"]), f"{s['per_nlogn_ns']:.3g} ns", f"{s['per_n_ns']:.3g} ns",
-                 fmt_time(s["total_scipy_pava"]),
-                 fmt_time(s["row_norms"]), fmt_time(s["sort"]), fmt_time(s["to_cpu"]),
-                 fmt_time(s["pava_sklearn"]), fmt_time(s["rescale"]), fmt_time(s["other"]),
-                 fmt_time(s["pava_scipy"]), fmt_time(s["checks"]), f"{s['pools']:,}"] for s in scaling]
+                 fmt_time(s["row_norms"]), fmt_time(s["to_cpu"]), fmt_time(s["sort"]), fmt_time(s["pava"]),
+                 fmt_time(s["unsort"]), fmt_time(s["rescale"]), fmt_time(s["other"]),
+                 fmt_time(s["checks"]), f"{s['pools']:,}"] for s in scaling]
         print(markdown_table(headers, rows))
         if len(scaling) >= 2:
             slopes = []
@@ -319,13 +295,10 @@ def main(argv: list[str] | None = None) -> dict:
                   "brackets, O(n) 1.00; fixed per-call overheads pull the slope below): "
                   + ", ".join(f"{s['from']:,}→{s['to']:,}: {s['slope']:.2f} ({s['n_log_n_slope']:.2f})"
                               for s in slopes) + ".")
-        print("\nParts are timed separately on the same intermediate values (`other` = total − the five "
-              "parts before it: Python and dispatch overhead); `PAVA (sklearn)` is the "
-              "call `trainables.prox` makes (input validation included), `PAVA (SciPy)` the same "
-              "computation through `scipy.optimize.isotonic_regression` + `np.clip` (identical output); "
-              "`total, SciPy PAVA (what-if)`: the whole prox with `trainables.prox` patched, in this "
-              "process only, to call SciPy directly (output checked identical). `prox_growl checks` is the weight validation that the public `prox_growl` "
-              "adds (the `growl` regularizer skips it). `pools`: distinct values of the PAVA output.\n")
+        print("\nParts are timed separately on the same intermediate values (`other` = total − the six "
+              "parts before it: Python and dispatch overhead). `prox_growl checks` is the weight validation "
+              "that the public `prox_growl` adds (the `growl` regularizer skips it). `pools`: distinct "
+              "values of the PAVA output.\n")
 
     write_json(args.out, payload)
     return payload

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -56,7 +57,10 @@ def count_nonzero(model: nn.Module) -> int:
 def count_unique(tensor: torch.Tensor) -> int:
     """Distinct non-zero values of one tensor (0 is not counted)."""
     values = tensor.detach().flatten()
-    return int(torch.unique(values[values != 0]).numel())
+    values = values[values != 0]
+    if values.device.type == "cpu":  # numpy's unique is ~10x torch's on the CPU (bench/train_overhead.py)
+        return int(np.unique(values.numpy()).size)
+    return int(torch.unique(values).numel())
 
 
 @contextmanager
@@ -118,13 +122,16 @@ def model_metrics(model: nn.Module, compact_model: nn.Module, input_shape: tuple
     layers = prunable_layers(model)
     _check_groupings(groupings or {}, [name for name, _ in layers])
     total, nonzero = count_params(model), count_nonzero(compact_model)
-    unique = sum(count_unique(p) for p in compact_model.parameters())
+    uniques = {id(p): count_unique(p) for p in compact_model.parameters()}  # each tensor once
+    unique = sum(uniques.values())
     flops_dense, dense_by = count_flops(model, input_shape)
     flops_compact, compact_by = count_flops(compact_model, input_shape)
     inner, prefix = _inner(compact_model)
-    rows = [_layer_row(name, m, inner.get_submodule(name), dense_by.get(name, 0),
-                       compact_by.get(prefix + name, 0), (groupings or {}).get(name))
-            for name, m in layers]
+    rows = []
+    for name, m in layers:
+        small = inner.get_submodule(name)
+        rows.append(_layer_row(name, m, small, uniques[id(small.weight)], dense_by.get(name, 0),
+                               compact_by.get(prefix + name, 0), (groupings or {}).get(name)))
     return {
         "params_total": total,
         "params_nonzero": nonzero,
@@ -147,7 +154,7 @@ def _check_groupings(groupings: dict[str, str], names: list[str]) -> None:
         check_grouping(grouping)
 
 
-def _layer_row(name: str, dense: nn.Module, small: nn.Module, flops_dense: int,
+def _layer_row(name: str, dense: nn.Module, small: nn.Module, unique: int, flops_dense: int,
                flops_compact: int, grouping: str | None) -> dict:
     w = dense.weight.detach()
     nz = int(torch.count_nonzero(w))
@@ -159,7 +166,7 @@ def _layer_row(name: str, dense: nn.Module, small: nn.Module, flops_dense: int,
         "params": w.numel(),
         "nonzero": nz,
         "compact_nonzero": int(torch.count_nonzero(small.weight.detach())),
-        "unique": count_unique(small.weight),
+        "unique": unique,
         "flops_dense": flops_dense,
         "flops_compact": flops_compact,
         "flops_sparse": flops_dense * nz / w.numel() if w.numel() else 0.0,

@@ -21,7 +21,7 @@ import numbers
 
 import numpy as np
 import torch
-from sklearn.isotonic import isotonic_regression
+from scipy.optimize import isotonic_regression
 
 __all__ = [
     "prox_l1",
@@ -60,11 +60,19 @@ def _row_norms(W: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(W, dim=1, keepdim=True)
 
 
+def _soft_threshold(w: torch.Tensor, t: Threshold) -> torch.Tensor:
+    # sign(w) (|w| - t)_+, written as w - clamp(w, -t, t): the same values with two temporaries
+    # instead of five (bench/prox_bench.py)
+    if isinstance(t, torch.Tensor):
+        return w - torch.minimum(torch.maximum(w, -t), t)
+    return w - w.clamp(-t, t)
+
+
 def prox_l1(w: torch.Tensor, t: Threshold) -> torch.Tensor:
     """Soft-thresholding: ``argmin_x 1/2||x - w||^2 + t ||x||_1`` (any shape)."""
     _check_float(w, "w")
     _check_threshold(t)
-    return torch.sign(w) * torch.clamp(w.abs() - t, min=0)
+    return _soft_threshold(w, t)
 
 
 def prox_group_lasso(W: torch.Tensor, t: Threshold) -> torch.Tensor:
@@ -91,11 +99,17 @@ def prox_exclusive_lasso(W: torch.Tensor, t: Threshold) -> torch.Tensor:
     _check_matrix(W)
     _check_threshold(t)
     a = W.abs()
-    S = torch.cumsum(torch.sort(a, dim=1, descending=True).values, dim=1)
+    S = torch.cumsum(_sort_rows_descending(a), dim=1)
     k = torch.arange(1, W.shape[1] + 1, dtype=W.dtype, device=W.device)
     # t S_k / (1 + t k) == S_k / (1/t + k), written so that t = 0 gives alpha = 0
     alpha = (t * S / (1 + t * k)).amax(dim=1, keepdim=True)
-    return torch.sign(W) * torch.clamp(a - alpha, min=0)
+    return _soft_threshold(W, alpha)
+
+
+def _sort_rows_descending(a: torch.Tensor) -> torch.Tensor:
+    if a.device.type == "cpu":  # numpy's row sort is ~10x torch's on the CPU (bench/prox_bench.py)
+        return torch.from_numpy(np.sort(a.detach().numpy(), axis=1)[:, ::-1].copy())
+    return torch.sort(a, dim=1, descending=True).values
 
 
 def _check_owl_weights(lam: torch.Tensor, n: int) -> None:
@@ -113,18 +127,28 @@ def _check_owl_weights(lam: torch.Tensor, n: int) -> None:
         )
 
 
+def _owl_magnitudes(a: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """The OWL prox of non-negative ``a`` (float64 numpy): sort decreasingly, project
+    ``a_sorted - lam`` onto the monotone non-negative cone {x_1 >= ... >= x_n >= 0} by pool
+    adjacent violators (SciPy's compiled PAVA), clip at 0, unsort. The sort need not be stable:
+    equal magnitudes are always pooled, so their order cannot change the result."""
+    if not a.size:
+        return a
+    order = np.argsort(-a)
+    x_sorted = np.maximum(isotonic_regression(a[order] - lam, increasing=False).x, 0.0)
+    out = np.empty_like(x_sorted)
+    out[order] = x_sorted  # a fresh buffer: in-place un-permutation is skglm#178's aliasing bug
+    return out
+
+
 def _owl_prox_unchecked(v: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
-    a = v.abs()
-    z, order = torch.sort(a, descending=True, stable=True)
-    # Project z - lam onto the monotone non-negative cone {x_1 >= ... >= x_n >= 0}: pool adjacent
-    # violators (scikit-learn's compiled PAVA), then clip at 0. Only this O(n) step runs on the
-    # CPU, on n numbers (the row norms, for GrOWL); everything else stays on v's device.
-    d = (z - lam.to(v.dtype)).detach().cpu().numpy().astype(np.float64)
-    x_sorted = isotonic_regression(d, y_min=0.0, increasing=False) if d.size else d
-    x_sorted = torch.from_numpy(x_sorted.copy()).to(v.device, v.dtype)  # sklearn may return a reversed view
-    # Undo the sort into a fresh buffer (in-place un-permutation is skglm#178's aliasing bug).
-    out = torch.empty_like(a).scatter_(0, order, x_sorted)
-    return torch.sign(v) * out
+    # The whole O(n log n) part runs in numpy on the n magnitudes (for GrOWL: the row norms), one
+    # transfer each way; numpy's sort and SciPy's PAVA are far cheaper per call than torch's CPU
+    # sort and scikit-learn's wrapper (bench/prox_bench.py).
+    a = v.detach().abs().cpu().numpy().astype(np.float64)
+    lam64 = lam.detach().cpu().numpy().astype(np.float64)
+    x = torch.from_numpy(_owl_magnitudes(a, lam64)).to(v.device, v.dtype)
+    return torch.sign(v) * x
 
 
 def prox_owl(v: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -198,5 +222,4 @@ def cges_step(W: torch.Tensor, group_t: Threshold, excl_t: Threshold) -> torch.T
     _check_threshold(group_t, "group_t")
     _check_threshold(excl_t, "excl_t")
     G = prox_group_lasso(W, group_t)
-    a = G.abs()
-    return torch.sign(G) * torch.clamp(a - excl_t * a.sum(dim=1, keepdim=True), min=0)
+    return _soft_threshold(G, excl_t * G.abs().sum(dim=1, keepdim=True))

@@ -131,7 +131,8 @@ class _Trainer:
         self.layers: list[LayerRegularizer] = build_layer_regularizers(cfg.regularizer, self.model)
         self.optimizer = _make_optimizer(cfg, self.model.parameters(), cfg.optim.lr)
         self.scheduler = _make_scheduler(cfg, self.optimizer)
-        self.masks: dict[str, torch.Tensor] = {}
+        self.masks: dict[str, torch.Tensor] = {}  # element masks of layers with dead groups
+        self.dead: dict[str, torch.Tensor] = {}  # per layer: which groups are pruned for good
         self.ties: list[LayerTying] | None = None
         self.epoch = 0  # epochs completed, training and retraining phases counted together
         self.history: list[dict[str, Any]] = []
@@ -150,21 +151,35 @@ class _Trainer:
 
     @torch.no_grad()
     def _update_masks(self) -> None:
-        """Zero groups whose norm fell to float32 epsilon, and never let zeros come back."""
+        """Groups whose norm fell to float32 epsilon are zeroed and stay zero (``mask_pruned``).
+
+        Only whole groups are masked (a zero inside a live group may come back). The element
+        mask is rebuilt only when a layer's set of dead groups grows, and layers without dead
+        groups are never touched (bench/train_overhead.py)."""
         for layer in self.layers:
-            W = layer.module.weight
             G = layer.groups()
             dead = torch.linalg.vector_norm(G, dim=1) <= ZERO_ROW_NORM
-            G = torch.where(dead.unsqueeze(1), torch.zeros_like(G), G)
-            W.copy_(from_groups(G, W.shape, layer.grouping))
-            mask = W != 0
-            self.masks[layer.name] = mask & self.masks[layer.name] if layer.name in self.masks else mask
+            previous = self.dead.get(layer.name)
+            if previous is not None:
+                dead |= previous
+            if not dead.any() or (previous is not None and torch.equal(dead, previous)):
+                if dead.any():
+                    self._apply_mask(layer)
+                continue
+            self.dead[layer.name] = dead
+            W = layer.module.weight
+            keep = (~dead).to(W.dtype).unsqueeze(1).expand_as(G)
+            self.masks[layer.name] = from_groups(keep, W.shape, layer.grouping).contiguous()
+            self._apply_mask(layer)
+
+    def _apply_mask(self, layer: LayerRegularizer) -> None:
+        layer.module.weight.mul_(self.masks[layer.name])
 
     @torch.no_grad()
     def _apply_masks(self) -> None:
         for layer in self.layers:
             if layer.name in self.masks:
-                layer.module.weight.mul_(self.masks[layer.name])
+                self._apply_mask(layer)
 
     @torch.no_grad()
     def _tie(self) -> None:
@@ -268,6 +283,7 @@ class _Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "masks": dict(self.masks),
+            "dead": dict(self.dead),
             "ties": [t.to_state() for t in self.ties] if self.ties is not None else None,
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -289,6 +305,7 @@ class _Trainer:
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.masks = {k: v.to(self.device) for k, v in state["masks"].items()}
+        self.dead = {k: v.to(self.device) for k, v in state["dead"].items()}
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
