@@ -229,7 +229,8 @@ class TrackingCallback(tune.Callback):
             self._reconciled = True
             for trial in trials:
                 if trial.status in ("TERMINATED", "ERROR"):
-                    self._settle(trial, replay=True)
+                    if not self._settle(trial, replay=True):
+                        self.done += 1  # recorded before the interruption: keep counting from it
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         self._run(trial)
@@ -247,10 +248,11 @@ class TrackingCallback(tune.Callback):
         self.tracker.retried(self._run(trial), _error_text(trial))
         self._say(f"        {_name(trial)} failed and is retried from its last checkpoint")
 
-    def _settle(self, trial, replay: bool = False) -> None:
+    def _settle(self, trial, replay: bool = False) -> bool:
+        """Record how the trial ended; False if a replayed trial was already recorded."""
         run = self._run(trial)
         if replay and self.tracker.client.get_run(run).info.status != "RUNNING":
-            return  # already recorded before the interruption
+            return False
         result = trial.last_result or {}
         self.done += 1
         head = f"[{self.done:>3}/{self.total}] {_name(trial)}"
@@ -269,6 +271,7 @@ class TrackingCallback(tune.Callback):
         else:
             self.tracker.pruned(run, int(result.get("epoch", 0)))
             self._say(f"{head} stopped early at epoch {result.get('epoch', 0)} (not on the frontier)")
+        return True
 
     def on_experiment_end(self, trials: list, **info) -> None:
         self.complete = len(trials) >= self.total and all(t.status in ("TERMINATED", "ERROR") for t in trials)

@@ -193,6 +193,8 @@ def test_interrupted_search_resumes_without_loss_or_duplicates(tmp_path):
     progress = re.compile(r"^\[\s*\d+/6\] \S+\s+(\w+) ")
     finished_first = [m.group(1) for m in map(progress.match, "".join(seen).splitlines()) if m]
     finished_after = [m.group(1) for m in map(progress.match, out.splitlines()) if m]
+    numbers = [int(line[1:4]) for line in out.splitlines() if progress.match(line)]
+    assert numbers == list(range(len(finished_first) + 1, 7))  # the count goes on where it stopped
     assert finished_first and not set(finished_first) & set(finished_after)
     assert sorted(finished_first + finished_after) == sorted(trial_ids)
     hv = client.get_metric_history(parents[0].info.run_id, "hypervolume")
