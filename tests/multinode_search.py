@@ -28,8 +28,8 @@ def main(spec_path: str) -> None:
     removed: list[str] = []
 
     def remove_a_node():
-        deadline = time.time() + 300
-        while time.time() < deadline:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
             # both workers busy and some trial has checkpointed: pull a worker node out
             if sum(len(list(d.glob("checkpoint_*"))) >= 2 for d in storage.glob("*/*")) >= 1:
                 cluster.remove_node(workers[1])

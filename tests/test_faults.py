@@ -131,8 +131,8 @@ def test_worker_killed_with_sigkill_is_retried_from_its_checkpoint(ray_session, 
     killed: list[int] = []
 
     def killer():
-        deadline = time.time() + 120
-        while time.time() < deadline and not killed:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
             # once some trial has written a few epochs' checkpoints, kill the worker running it
             if any(len(list(d.glob("checkpoint_*"))) >= 2 for d in (tmp_path / "ray").glob("*/*")):
                 for pid in _trial_workers():

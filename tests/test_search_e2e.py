@@ -165,10 +165,10 @@ def test_interrupted_search_resumes_without_loss_or_duplicates(tmp_path):
     path.write_text(yaml.safe_dump(spec_dict))
     proc = _start(["search", str(path)], tmp_path)
     seen = []
-    deadline = time.time() + 240
+    deadline = time.monotonic() + 240
     for line in proc.stdout:
         seen.append(line)
-        if line.startswith("[  2/6]") or time.time() > deadline:
+        if line.startswith("[  2/6]") or time.monotonic() > deadline:
             break
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=180)
