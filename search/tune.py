@@ -296,8 +296,19 @@ def _summary(r: dict) -> str:
 
 
 def _error_text(trial) -> str:
-    """The trial's error as Ray stored it (read through the storage filesystem, so remote too)."""
+    """The trial's error as Ray recorded it.
+
+    Ray writes ``error.txt`` into the driver's staging directory first and copies it to the
+    storage path later, so the staging copy is read first; the storage copy (read through the
+    storage filesystem, so remote too) covers a driver that restored the trial from storage.
+    """
+    local = trial.error_file
     try:
+        if local and os.path.isfile(local):
+            with open(local, encoding="utf-8", errors="replace") as f:
+                text = f.read()
+            if text.strip():
+                return text
         error = trial.get_error()
     except OSError as e:
         return f"(the error file could not be read: {e})"
