@@ -64,6 +64,7 @@ def data_section(data_dir: Path) -> dict:
 
 
 def run_the_search(args, work: Path) -> tuple[SearchSpec, object]:
+    """Run the search, or with --reuse-search read the latest finished one from the work dir."""
     spec_dict = load_yaml(ROOT / "bench/specs/mnist10k_families.yaml")
     spec_dict["base"]["data"] = data_section(args.data_dir)
     spec_dict["base"]["optim"]["epochs"] = args.epochs
@@ -71,8 +72,21 @@ def run_the_search(args, work: Path) -> tuple[SearchSpec, object]:
     spec_dict.update(trials=args.trials, storage=str(work / "ray"), tracking_uri=f"sqlite:///{work}/mlflow.db")
     spec = SearchSpec.model_validate(spec_dict)
     validate_spec(spec)
-    outcome = run_search(spec, yaml.safe_dump(spec_dict), quiet=False)
-    return spec, outcome
+    if not args.reuse_search:
+        return spec, run_search(spec, yaml.safe_dump(spec_dict), quiet=False)
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from search.tracking import find_search, load_frontier
+
+    client = MlflowClient(spec.tracking_uri)
+    exp, parent = find_search(client, spec.name)
+    if parent is None or parent.info.status != "FINISHED":
+        raise SystemExit(f"--reuse-search: no finished search {spec.name!r} in {work}")
+    frontier = load_frontier(client, exp.experiment_id, parent.info.run_id, list(spec.objectives))
+    print(f"reusing search {parent.info.run_name}: {len(frontier.rows)} complete trials", flush=True)
+    return spec, SimpleNamespace(frontier=frontier, search_id=parent.info.run_name)
 
 
 def pick(rows: list[dict], family: str, wd: float, best_val: float, tolerance: float) -> dict | None:
@@ -127,6 +141,8 @@ def main() -> None:
     parser.add_argument("--paper-epochs", type=int, nargs=2, default=None, metavar=("TRAIN", "RETRAIN"),
                         help="epochs of the paper settings (default 60 20, --full 300 100)")
     parser.add_argument("--tolerance", type=float, default=0.005, help="accuracy tolerance of the pick (0.5 pt)")
+    parser.add_argument("--reuse-search", action="store_true",
+                        help="use the latest finished search in --work-dir instead of running it again")
     args = parser.parse_args()
     args.trials = args.trials or (64 if args.full else 24)
     args.epochs = args.epochs or (40 if args.full else 20)
@@ -169,9 +185,9 @@ def main() -> None:
     paper_points, paper_table = [], []
     for label, name, changes in PAPER:
         cfg = deep_update(TrialConfig.from_yaml(ROOT / "examples/papers" / name).to_dict(), {
-            "data": data_section(args.data_dir), "device": "cpu",
-            "optim": {"epochs": paper_epochs[0]}, "tying": {"retrain_epochs": paper_epochs[1]}, **changes})
+            "device": "cpu", "optim": {"epochs": paper_epochs[0]}, "tying": {"retrain_epochs": paper_epochs[1]}})
         cfg = deep_update(cfg, changes)
+        cfg["data"] = data_section(args.data_dir)  # replaced whole: MNIST's own fields do not apply
         m = fit(TrialConfig.from_dict(cfg)).metrics
         paper_points.append({"label": label, **m})
         paper_table.append([label, f"{100 * m['sparsity']:.1f}%", f"{m['param_sharing']:.2f}",
