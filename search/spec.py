@@ -185,6 +185,9 @@ class SearchSpec(_Strict):
     storage: str | None = None  # Ray storage path (absolute, or a URI); default ./ray_results
     tracking_uri: str | None = None  # default sqlite:///<absolute path>/mlflow.db
     max_failures: int = 1  # retries of a trial whose worker died (it resumes from its checkpoint)
+    # a trial checkpoints when this many seconds have passed since its last checkpoint (and on
+    # its last epoch): at most this much work is lost with a worker; 0 = every epoch
+    checkpoint_every_s: float = 10.0
 
     @field_validator("space", "regularizers", mode="before")
     @classmethod
@@ -203,6 +206,9 @@ class SearchSpec(_Strict):
         for field, low in (("trials", 1), ("concurrency", 1), ("max_failures", 0)):
             if getattr(self, field) < low:
                 raise _FieldError(field, f"`{field} >= {low}` must hold", getattr(self, field))
+        if not (math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0):
+            raise _FieldError("checkpoint_every_s", "`checkpoint_every_s >= 0` (finite) must hold",
+                              self.checkpoint_every_s)
         if not 0 <= self.seed <= 2**32 - 1:  # what Optuna's samplers accept
             raise _FieldError("seed", "`0 <= seed <= 2**32 - 1` must hold (Optuna's sampler seed)", self.seed)
         return self

@@ -162,8 +162,9 @@ class Tracker:
     """Writes one search to MLflow. Holds only plain data, so Ray can pickle it with its callbacks."""
 
     def __init__(self, tracking_uri: str, experiment: str, search_id: str, objectives: list[Objective],
-                 spec_yaml: str, search_params: dict[str, Any]):
+                 spec_yaml: str, search_params: dict[str, Any], flush_s: float = 5.0):
         self.tracking_uri = tracking_uri
+        self.flush_s = flush_s  # per-epoch metrics reach MLflow at most this late (0: every epoch)
         self.experiment = experiment
         self.search_id = search_id
         self.objectives = objectives
@@ -179,9 +180,12 @@ class Tracker:
         self._rows: dict[str, dict] | None = None  # trial_id -> row of complete trials
         self._pareto: dict[str, bool] = {}
         self._logged_at = -1  # number of complete trials when the hypervolume was last logged
+        self._fresh = False  # this tracker created the parent: no child run can exist yet
+        self._pending: dict[str, list[Metric]] = {}  # run_id -> epoch metrics not yet written
+        self._flushed: dict[str, float] = {}  # run_id -> time of its last write
 
     def __getstate__(self) -> dict:
-        keep = ("tracking_uri", "experiment", "search_id", "objectives", "spec_yaml", "search_params")
+        keep = ("tracking_uri", "experiment", "search_id", "objectives", "spec_yaml", "search_params", "flush_s")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict) -> None:
@@ -215,6 +219,7 @@ class Tracker:
         tags = {f"{TAG}.kind": "search", f"{TAG}.search_id": self.search_id}
         run = self.client.create_run(self._experiment_id, run_name=self.search_id, tags=tags)
         rid = run.info.run_id
+        self._fresh = True
         params = [Param(k, str(v)[:6000]) for k, v in self.search_params.items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(rid, params=params[i:i + 100])
@@ -226,7 +231,7 @@ class Tracker:
         if trial_id in self._runs:
             return self._runs[trial_id]
         parent = self.parent_id
-        found = self.client.search_runs(
+        found = [] if self._fresh else self.client.search_runs(
             [self._experiment_id],
             f"tags.mlflow.parentRunId = '{parent}' and tags.`{TAG}.trial_id` = '{trial_id}'", max_results=1)
         if found:
@@ -249,18 +254,31 @@ class Tracker:
     # -- trial events ---------------------------------------------------------------------------
 
     def log_result(self, run_id: str, result: dict) -> None:
-        """One epoch's scalar metrics, at step = epoch (the final epoch carries the final metrics)."""
+        """One epoch's scalar metrics, at step = epoch (the final epoch carries the final metrics).
+
+        Buffered: written when ``flush_s`` seconds have passed since the run's last write, and
+        when the trial ends. One SQLite transaction per epoch costs more than a whole epoch of a
+        small trial (bench/ray_overhead.py); long epochs still appear live."""
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         ts = _now_ms()
         skip = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid",
                 "time_since_restore", "iterations_since_restore", "done", "final", "epoch"}
-        metrics = [Metric(k, float(v), ts, step) for k, v in result.items()
-                   if k not in skip and _numeric(v) and "/" not in k]
-        for i in range(0, len(metrics), 200):
-            self.client.log_batch(run_id, metrics=metrics[i:i + 200])
+        self._pending.setdefault(run_id, []).extend(
+            Metric(k, float(v), ts, step) for k, v in result.items() if k not in skip and _numeric(v) and "/" not in k)
+        if time.monotonic() - self._flushed.get(run_id, 0.0) >= self.flush_s or result.get("final") == 1.0:
+            self.flush(run_id)
+
+    def flush(self, run_id: str | None = None) -> None:
+        """Write the buffered epoch metrics of one run (or of every run)."""
+        for rid in [run_id] if run_id is not None else list(self._pending):
+            metrics = self._pending.pop(rid, [])
+            for i in range(0, len(metrics), 1000):
+                self.client.log_batch(rid, metrics=metrics[i:i + 1000])
+            self._flushed[rid] = time.monotonic()
 
     def complete(self, run_id: str, trial_id: str, artifacts: Path | None) -> Frontier:
         """A trial that finished its full budget: artifacts, FINISHED, frontier and hypervolume."""
+        self.flush(run_id)
         if artifacts is not None:
             for name in ARTIFACTS:
                 if (artifacts / name).exists():
@@ -273,12 +291,14 @@ class Tracker:
 
     def pruned(self, run_id: str, epoch: int) -> None:
         """Stopped early by the scheduler: kept, but never on the frontier (Optuna: PRUNED)."""
+        self.flush(run_id)
         self.client.set_tag(run_id, f"{TAG}.state", "pruned")
         self.client.set_tag(run_id, f"{TAG}.pruned_at_epoch", str(epoch))
         self.client.set_tag(run_id, f"{TAG}.pareto", "false")
         self.client.set_terminated(run_id, "KILLED")
 
     def failed(self, run_id: str, error: str) -> None:
+        self.flush(run_id)
         self.client.set_tag(run_id, f"{TAG}.state", "failed")
         self.client.set_tag(run_id, f"{TAG}.error", error[-MAX_TAG:])
         self.client.set_tag(run_id, f"{TAG}.pareto", "false")
@@ -305,8 +325,10 @@ class Tracker:
                 self.client.set_tag(row["run_id"], f"{TAG}.pareto", "true" if keep else "false")
                 self._pareto[row["trial_id"]] = bool(keep)
         if len(rows) != self._logged_at:
-            self.client.log_metric(self.parent_id, "hypervolume", frontier.hypervolume, step=len(rows))
-            self.client.log_metric(self.parent_id, "frontier_size", float(frontier.mask.sum()), step=len(rows))
+            ts = _now_ms()
+            self.client.log_batch(self.parent_id, metrics=[
+                Metric("hypervolume", frontier.hypervolume, ts, len(rows)),
+                Metric("frontier_size", float(frontier.mask.sum()), ts, len(rows))])
             self._logged_at = len(rows)
         return frontier
 
@@ -314,6 +336,7 @@ class Tracker:
         """Log the frontier table and plots on the parent run and close it."""
         from .plots import frontier_figures
 
+        self.flush()  # epochs of trials still running (an interrupted search)
         frontier = self._update_frontier()
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "pareto.csv").write_text(frontier.to_csv())

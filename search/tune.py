@@ -70,8 +70,10 @@ log = logging.getLogger("sparsetune")
 # ----------------------------------------------------------------------------- the trainable
 
 
-def train_trial(config: dict[str, Any]) -> None:
-    """One trial: ``fit`` with a checkpoint per epoch, resumed from Tune's checkpoint if any."""
+def train_trial(config: dict[str, Any], checkpoint_every_s: float = 0.0) -> None:
+    """One trial: ``fit`` reporting every epoch, with a checkpoint when ``checkpoint_every_s``
+    seconds have passed since the last one and on the last epoch; resumed from Tune's checkpoint
+    if there is one."""
     import torch
 
     from trainables import TrainingDiverged, fit, save_run
@@ -83,10 +85,17 @@ def train_trial(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as d:
             resume = torch.load(Path(d) / STATE_FILE, weights_only=True)
 
+    last_checkpoint = time.monotonic()
+
     def report(epoch) -> None:
+        nonlocal last_checkpoint
         metrics = {k: v for k, v in epoch.metrics.items()
                    if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
         metrics["final"] = 1.0 if epoch.result is not None else 0.0
+        if epoch.result is None and time.monotonic() - last_checkpoint < checkpoint_every_s:
+            tune.report(metrics)
+            return
+        last_checkpoint = time.monotonic()
         with tempfile.TemporaryDirectory() as d:
             torch.save(epoch.state(), Path(d) / STATE_FILE)
             if epoch.result is not None:
@@ -334,7 +343,8 @@ def find_resumable(storage: str, name: str) -> str:
 
 
 def _trainable(spec: SearchSpec):
-    return tune.with_resources(train_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    trainable = tune.with_parameters(train_trial, checkpoint_every_s=spec.checkpoint_every_s)
+    return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
 def _init_ray(address: str | None) -> bool:
@@ -420,7 +430,8 @@ def _search_params(spec: SearchSpec) -> dict[str, Any]:
             "objectives": ",".join(f"{o.metric}:{o.mode}" for o in spec.objectives),
             "families": ",".join(spec.families) or "-", "allocation": spec.allocation,
             "scheduler": spec.scheduler.type if spec.scheduler else "none", "seed": spec.seed,
-            "resources": f"cpu={spec.resources.cpu:g},gpu={spec.resources.gpu:g}"}
+            "resources": f"cpu={spec.resources.cpu:g},gpu={spec.resources.gpu:g}",
+            "checkpoint_every_s": spec.checkpoint_every_s}
 
 
 def _say_start(callback: TrackingCallback, spec: SearchSpec, search_id: str, storage: str, uri: str,
@@ -430,3 +441,6 @@ def _say_start(callback: TrackingCallback, spec: SearchSpec, search_id: str, sto
                   f"sampler {spec.sampler}, families {', '.join(spec.families) or '-'}")
     callback._say(f"  Ray storage: {storage}/{search_id}")
     callback._say(f"  MLflow: {uri} (experiment {spec.name!r}); browse with: mlflow ui --backend-store-uri {uri}")
+    if spec.sampler == "nsga2" and len(spec.families) > 1:
+        callback._say("  note: NSGA-II evolves only the parameters every trial shares; each family's own "
+                      "parameters are sampled at random (use sampler: tpe to model them)")

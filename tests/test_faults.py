@@ -54,6 +54,7 @@ def base_spec(tmp_path: Path, **changes) -> dict:
         "space": {"optim/lr": {"type": "loguniform", "low": 0.05, "high": 0.2}},
         "trials": 4, "concurrency": 2, "seed": 0,
         "storage": str(tmp_path / "ray"), "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+        "checkpoint_every_s": 0.0,  # every epoch: the fault tests resume from mid-trial checkpoints
     }
     spec.update(changes)
     return spec
@@ -119,9 +120,41 @@ def test_raising_and_diverging_trials_are_recorded_as_failed(ray_session, tmp_pa
     check_frontier_over_finished(client, parents, children, spec.objective_names(), spec.objective_modes())
 
 
+def mid_trial(storage: Path, min_checkpoints: int = 2) -> bool:
+    """Some trial is running and has written checkpoints: its last reported result (Ray's
+    per-trial result.json, one JSON line per report) is not its final epoch yet."""
+    for trial_dir in storage.glob("*/*"):
+        lines = (trial_dir / "result.json").read_text().splitlines() if (trial_dir / "result.json").exists() else []
+        try:
+            last = json.loads(lines[-1]) if lines else None
+        except json.JSONDecodeError:  # a line being written
+            continue
+        if last is not None and last.get("final") == 0.0 and len(list(trial_dir.glob("checkpoint_*"))) >= min_checkpoints:
+            return True
+    return False
+
+
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def _trial_workers() -> list[int]:
+    """Trial actors of *this* process's Ray instance (its raylet is our child, the workers its
+    children), never those of another Ray instance on the machine."""
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines() if "ray::ImplicitFunc" in line]
+    mine = []
+    for line in out.splitlines():
+        if "ray::ImplicitFunc" not in line:
+            continue
+        pid = ancestor = int(line.split()[0])
+        while ancestor > 1 and ancestor != os.getpid():
+            ancestor = _parent(ancestor)
+        if ancestor == os.getpid():
+            mine.append(pid)
+    return mine
 
 
 def test_worker_killed_with_sigkill_is_retried_from_its_checkpoint(ray_session, tmp_path):
@@ -133,8 +166,8 @@ def test_worker_killed_with_sigkill_is_retried_from_its_checkpoint(ray_session, 
     def killer():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
-            # once some trial has written a few epochs' checkpoints, kill the worker running it
-            if any(len(list(d.glob("checkpoint_*"))) >= 2 for d in (tmp_path / "ray").glob("*/*")):
+            # once a running trial has written a few epochs' checkpoints, kill the worker running it
+            if mid_trial(tmp_path / "ray"):
                 for pid in _trial_workers():
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)

@@ -39,6 +39,7 @@ def tiny(tmp_path: Path, **changes) -> dict:
         },
         "trials": 6, "concurrency": 2, "seed": 0,
         "storage": str(tmp_path / "ray"), "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+        "checkpoint_every_s": 0.0,  # every epoch: these tests resume trials from mid-trial checkpoints
     }
     spec.update(changes)
     return spec
