@@ -41,9 +41,12 @@ def frontier_figure(frontier: Frontier, x: str, y: str, extra: list[dict] | None
         order = np.argsort(xs[mask2])
         ax.step(xs[mask2][order], ys[mask2][order], where="post", color="grey", lw=1, ls="--",
                 label="frontier of this view")
+    labels: dict[tuple[float, float], list[str]] = {}  # points that coincide share one label
     for point in extra or []:
-        ax.scatter([point[x]], [point[y]], marker="*", s=160, color="gold", edgecolors="black", zorder=5)
-        ax.annotate(point["label"], (point[x], point[y]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        labels.setdefault((float(point[x]), float(point[y])), []).append(point["label"])
+    for (px, py), names in labels.items():
+        ax.scatter([px], [py], marker="*", s=160, color="gold", edgecolors="black", zorder=5)
+        ax.annotate("\n".join(names), (px, py), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlabel(x.replace("_", " "))
     ax.set_ylabel(y.replace("_", " "))
     if len(xs) and np.nanmax(xs) > 50 * max(np.nanmin(xs), 1):

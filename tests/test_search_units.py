@@ -161,3 +161,27 @@ def test_cluster_yaml_passes_rays_validation():
     broken["head_node_type"] = "missing"
     with pytest.raises(ValueError):
         validate_config(prepare_config(broken))
+
+
+def test_frontier_figure_draws_every_trial_rings_the_frontier_and_merges_coinciding_stars():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from search.plots import frontier_figure
+    from search.tracking import Frontier
+
+    rows = [{"regularizer": fam, "val_accuracy": acc, "params_nonzero": p, "params_total": 100}
+            for fam, acc, p in [("l1", 0.9, 80), ("l1", 0.8, 90), ("cges", 0.7, 20), ("growl", 0.95, 100)]]
+    frontier = Frontier.of(rows, OBJECTIVES)
+    assert frontier.mask.tolist() == [True, False, True, True]
+    extra = [{"label": "A (paper)", "val_accuracy": 0.1, "params_nonzero": 5},
+             {"label": "B (paper)", "val_accuracy": 0.1, "params_nonzero": 5},
+             {"label": "C (paper)", "val_accuracy": 0.5, "params_nonzero": 50}]
+    fig = frontier_figure(frontier, "params_nonzero", "val_accuracy", extra=extra)
+    ax = fig.axes[0]
+    texts = sorted(t.get_text() for t in ax.texts)
+    assert texts == ["A (paper)\nB (paper)", "C (paper)"]  # one label per place, none drawn twice
+    families = {t.get_text() for t in ax.get_legend().get_texts()}
+    assert {"l1", "cges", "growl", "Pareto-optimal (all objectives)"} <= families
+    ringed = [c for c in ax.collections if c.get_label() == "Pareto-optimal (all objectives)"]
+    assert len(ringed) == 1 and len(ringed[0].get_offsets()) == 3
