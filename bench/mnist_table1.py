@@ -152,6 +152,8 @@ def main() -> None:
                         help="epochs of the paper settings (default 60 20, --full 300 100)")
     parser.add_argument("--paper-lambda-scale", type=float, default=1.0,
                         help="multiply the paper settings' lam / lambda1 / lambda2 (default 1: as written)")
+    parser.add_argument("--paper-rows", nargs="+", default=None, metavar="LABEL",
+                        help="only these paper settings (labels as in the table, e.g. 'GrOWL (paper)')")
     parser.add_argument("--paper-only", action="store_true",
                         help="only the paper settings (no search, no table, no figures)")
     parser.add_argument("--tolerance", type=float, default=0.005, help="accuracy tolerance of the pick (0.5 pt)")
@@ -178,7 +180,12 @@ def main() -> None:
         table, details = table_rows(args, spec, outcome, start)
 
     paper_points, paper_table = [], []
+    unknown = set(args.paper_rows or []) - {label for label, _, _ in PAPER}
+    if unknown:
+        raise SystemExit(f"--paper-rows: unknown {sorted(unknown)}; valid: {[label for label, _, _ in PAPER]}")
     for label, name, changes in PAPER:
+        if args.paper_rows and label not in args.paper_rows:
+            continue
         cfg = deep_update(TrialConfig.from_yaml(ROOT / "examples/papers" / name).to_dict(), {
             "device": "cpu", "optim": {"epochs": paper_epochs[0]}, "tying": {"retrain_epochs": paper_epochs[1]}})
         cfg = deep_update(cfg, changes)

@@ -11,11 +11,15 @@ config is then read back from MLflow and the same configs are trained one after 
 
     python bench/ray_overhead.py                 # 8 trials x 5 epochs (a few minutes)
     python bench/ray_overhead.py --full          # 24 trials x 10 epochs
+    python bench/ray_overhead.py --concurrency 1 --profile   # where the driver's time goes
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -63,6 +67,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=None, help="trials per search (default 8, --full 24)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per trial (default 5, --full 10)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the driver during each search and print where its time went")
     args = parser.parse_args()
     trials = args.trials or (24 if args.full else 8)
     epochs = args.epochs or (10 if args.full else 5)
@@ -81,9 +87,18 @@ def main() -> None:
                 spec_dict = make_spec(tmp, trials, epochs, c)
                 spec = SearchSpec.model_validate(spec_dict)
                 validate_spec(spec)
+                profiler = cProfile.Profile() if args.profile else None
                 t0 = time.perf_counter()
+                if profiler:
+                    profiler.enable()
                 outcome = run_search(spec, yaml.safe_dump(spec_dict), quiet=True)
                 search_s = time.perf_counter() - t0
+                if profiler:
+                    profiler.disable()
+                    print(f"\n-- driver profile, concurrency {c} (cumulative seconds)")
+                    stats = pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative")
+                    stats.print_stats(r"tracking.py|tune.py:\d+\((on_|_settle)|worker.py:\d+\(wait\)|"
+                                      r"sqlalchemy_store.py:\d+\(__init__\)|actor_manager.py:\d+\(_actor_start", 25)
                 assert outcome.complete, "the search did not finish"
                 configs, inside_epochs = trial_configs(tmp, spec.name)
             t0 = time.perf_counter()
