@@ -32,6 +32,8 @@ if str(ROOT) not in sys.path:  # `python bench/x.py` from anywhere finds `traina
 
 import torch  # noqa: E402
 
+import trainables.train  # noqa: E402
+
 __all__ = [
     "ROOT",
     "Timing",
@@ -128,12 +130,11 @@ def minor_faults(fn: Callable[[], Any], number: int = 5) -> float | None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name} was asked for, but CUDA is not available on this machine")
-    return torch.device(name)
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU ends the script."""
+    try:
+        return trainables.train.resolve_device(name)
+    except RuntimeError as e:
+        raise SystemExit(f"--device: {e}") from None
 
 
 def _cpu_model() -> str:

@@ -154,6 +154,8 @@ def main() -> None:
                         help="multiply the paper settings' lam / lambda1 / lambda2 (default 1: as written)")
     parser.add_argument("--paper-rows", nargs="+", default=None, metavar="LABEL",
                         help="only these paper settings (labels as in the table, e.g. 'GrOWL (paper)')")
+    parser.add_argument("--summary-only", action="store_true",
+                        help="only the search's summary (frontier make-up, collapsed trials); with --reuse-search, seconds")
     parser.add_argument("--paper-only", action="store_true",
                         help="only the paper settings (no search, no table, no figures)")
     parser.add_argument("--tolerance", type=float, default=0.005, help="accuracy tolerance of the pick (0.5 pt)")
@@ -177,6 +179,11 @@ def main() -> None:
     table, details = [], {}
     if not args.paper_only:
         spec, outcome = run_the_search(args, args.work_dir)
+        summary = search_summary(outcome.frontier)
+        if args.summary_only:
+            payload.update(header=header, search_id=outcome.search_id, summary=summary)
+            write_json(args.out, payload)
+            return
         table, details = table_rows(args, spec, outcome, start)
 
     paper_points, paper_table = [], []
@@ -227,9 +234,56 @@ def main() -> None:
     print(f"\nfrontier: {int(outcome.frontier.mask.sum())} of {len(rows)} complete trials; hypervolume "
           f"{outcome.frontier.hypervolume:.4f}; figures in {fig_dir}/mnist10k_frontier_*.png")
     print(f"total {time.perf_counter() - start:.0f} s")
-    payload.update(header=header, details=details, paper=paper_points, search_id=outcome.search_id,
+    payload.update(header=header, details=details, paper=paper_points, search_id=outcome.search_id, summary=summary,
                    frontier=[{k: v for k, v in r.items()} for r in outcome.frontier.points])
     write_json(args.out or str(args.work_dir / "table1.json"), payload)
+
+
+def search_summary(frontier) -> dict:
+    """How the search's trials and frontier break down: collapsed trials (the regularized layer
+    pruned whole, a constant prediction), the hypervolume without them, and per cell the trials,
+    the collapsed ones and the sparsity / strengths of the survivors. Printed and returned."""
+    from search.tracking import Frontier
+
+    rows = frontier.rows
+    dead = [r["params_nonzero"] < 0.001 * r["params_total"] for r in rows]
+    alive = Frontier.of([r for r, d in zip(rows, dead) if not d], frontier.objectives)
+    cells = {}
+    for r, d in zip(rows, dead):
+        cell = cells.setdefault(f"{r['regularizer']} wd={float(r['param:optim/weight_decay']):g}",
+                                {"trials": 0, "collapsed": 0, "survivors": []})
+        cell["trials"] += 1
+        cell["collapsed"] += d
+        if not d:
+            cell["survivors"].append({k.removeprefix("param:regularizer/"): v for k, v in r.items()
+                                      if k.startswith("param:regularizer/") and k.split("/")[-1] in STRENGTHS}
+                                     | {"sparsity": r["sparsity"], "val_accuracy": r["val_accuracy"]})
+    summary = {
+        "trials": len(rows), "collapsed": sum(dead), "frontier": int(frontier.mask.sum()),
+        "frontier_collapsed": sum(bool(d and keep) for d, keep in zip(dead, frontier.mask)),
+        "hypervolume": frontier.hypervolume, "hypervolume_without_collapsed": alive.hypervolume,
+        "frontier_families": {f: sum(bool(r["regularizer"] == f and keep and not d)
+                                     for r, d, keep in zip(rows, dead, frontier.mask))
+                              for f in sorted({r["regularizer"] for r in rows})},
+        "cells": cells,
+    }
+    print(f"\nsearch: {summary['trials']} trials, {summary['collapsed']} collapsed (regularized layer pruned whole); "
+          f"frontier {summary['frontier']} ({summary['frontier_collapsed']} collapsed); hypervolume "
+          f"{summary['hypervolume']:.4f}, {summary['hypervolume_without_collapsed']:.4f} without the collapsed trials; "
+          f"non-collapsed frontier points by family {summary['frontier_families']}")
+    table = []
+    for name, cell in sorted(cells.items()):
+        surv = cell["survivors"]
+        ranges = {k: (min(float(x[k]) for x in surv), max(float(x[k]) for x in surv))
+                  for k in STRENGTHS if surv and k in surv[0]}
+        table.append([name, cell["trials"], cell["collapsed"],
+                      ", ".join(f"{k} {lo:.3g}-{hi:.3g}" for k, (lo, hi) in ranges.items()) or "-",
+                      f"{min(x['sparsity'] for x in surv):.0%}-{max(x['sparsity'] for x in surv):.0%}" if surv else "-"])
+    print(markdown_table(["cell", "trials", "collapsed", "strengths of the survivors", "their sparsity"], table))
+    return summary
+
+
+STRENGTHS = ("lam", "mu", "lambda1", "lambda2")
 
 
 def table_rows(args, spec, outcome, start: float) -> tuple[list, dict]:

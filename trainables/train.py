@@ -162,14 +162,13 @@ class _Trainer:
             previous = self.dead.get(layer.name)
             if previous is not None:
                 dead |= previous
-            if not dead.any() or (previous is not None and torch.equal(dead, previous)):
-                if dead.any():
-                    self._apply_mask(layer)
+            elif not dead.any():
                 continue
-            self.dead[layer.name] = dead
-            W = layer.module.weight
-            keep = (~dead).to(W.dtype).unsqueeze(1).expand_as(G)
-            self.masks[layer.name] = from_groups(keep, W.shape, layer.grouping).contiguous()
+            if previous is None or not torch.equal(dead, previous):
+                self.dead[layer.name] = dead
+                W = layer.module.weight
+                keep = (~dead).to(W.dtype).unsqueeze(1).expand_as(G)
+                self.masks[layer.name] = from_groups(keep, W.shape, layer.grouping).contiguous()
             self._apply_mask(layer)
 
     def _apply_mask(self, layer: LayerRegularizer) -> None:
@@ -283,7 +282,6 @@ class _Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "masks": dict(self.masks),
-            "dead": dict(self.dead),
             "ties": [t.to_state() for t in self.ties] if self.ties is not None else None,
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -305,7 +303,7 @@ class _Trainer:
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.masks = {k: v.to(self.device) for k, v in state["masks"].items()}
-        self.dead = {k: v.to(self.device) for k, v in state["dead"].items()}
+        # self.dead is not saved: masked groups are exactly zero, so the next _update_masks finds them again
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
