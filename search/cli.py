@@ -133,27 +133,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from trainables.config import ConfigError
-    from trainables.yamlio import YamlError
-
     try:
         return args.func(args)
-    except (ConfigError, YamlError) as e:
-        print(f"sparsetune {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"sparsetune {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # a run that failed: say what and why, without a wall of traceback
-        from trainables import TrainingDiverged
-        from trainables.data import DataUnavailable
+    except Exception as e:
+        # the training side's error types are looked up only if a command loaded it: `frontier`
+        # and `export` never import trainables (whose package loads torch)
+        from .locations import InputError
 
-        if isinstance(e, TrainingDiverged):
-            print(f"sparsetune {args.command}: training diverged: {e}", file=sys.stderr)
-            return 1
-        if isinstance(e, DataUnavailable):
+        train = sys.modules.get("trainables.config")
+        yamlio = sys.modules.get("trainables.yamlio")
+        input_errors = (InputError, *([train.ConfigError] if train else []), *([yamlio.YamlError] if yamlio else []))
+        if isinstance(e, input_errors):
             print(f"sparsetune {args.command}: error: {e}", file=sys.stderr)
-            return 1
+            return 2
+        if "trainables" in sys.modules:
+            from trainables import TrainingDiverged
+            from trainables.data import DataUnavailable
+
+            if isinstance(e, TrainingDiverged):
+                print(f"sparsetune {args.command}: training diverged: {e}", file=sys.stderr)
+                return 1
+            if isinstance(e, DataUnavailable):
+                print(f"sparsetune {args.command}: error: {e}", file=sys.stderr)
+                return 1
         raise
 
 

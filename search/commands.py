@@ -1,4 +1,8 @@
-"""``sparsetune search | frontier | export``: the commands that use ray, optuna and mlflow."""
+"""``sparsetune search | frontier | export``: the commands that use ray, optuna and mlflow.
+
+``frontier`` and ``export`` read MLflow only: they import neither ray nor torch (nor
+``trainables``, whose package loads torch), so they start in a couple of seconds.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +47,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    help="continue an interrupted search: the latest one of this spec, or RUN_DIR")
     p.add_argument("--address", help="Ray cluster to join ('auto' on a cluster node); default: local Ray")
     p.add_argument("--trials", type=int, help="override the spec's number of trials")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="stop after this long (Tune's time_budget_s; overrides the spec's time_budget_s); "
+                        "trials not started are not failures, and --resume continues the search")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_search)
 
@@ -55,8 +62,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--max-flops", type=float, metavar="F", help="keep runs with flops_compact <= F")
         q.add_argument("--min-accuracy", type=float, metavar="A", help="keep runs with val_accuracy >= A")
         if name == "frontier":
-            q.add_argument("--plot", metavar="PNG", help="also draw the frontier (accuracy vs params) to PNG")
-            q.add_argument("--all", action="store_true", help="list every complete trial, not only the frontier")
+            q.add_argument("--plot", metavar="PNG", help="also draw the frontier (accuracy vs --plot-x) to PNG")
+            q.add_argument("--plot-x", choices=("params_nonzero", "flops_compact"), default="params_nonzero",
+                           help="the x axis of --plot (default: params_nonzero)")
+            q.add_argument("--all", action="store_true",
+                           help="list every complete trial (with a pareto column), not only the frontier")
         else:
             q.add_argument("--out", required=True, help="output folder for the YAML files and index.csv")
         q.set_defaults(func=func)
@@ -65,20 +75,41 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 def _cmd_search(args: argparse.Namespace) -> int:
     from .spec import load_spec
 
+    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
+        from .locations import InputError
+
+        raise InputError("--time-budget", "must be a positive number of seconds", args.time_budget)
     spec = load_spec(args.spec, trials=args.trials)  # every spec error surfaces here, before Ray
     from .tune import run_search
 
     outcome = run_search(spec, Path(args.spec).read_text(), address=args.address, resume=args.resume,
-                         quiet=args.quiet)
+                         quiet=args.quiet, time_budget_s=args.time_budget)
     frontier = outcome.frontier
-    if not args.quiet:
+    if not args.quiet and frontier.rows:
         _print_table(frontier, frontier.points, f"Pareto frontier of {outcome.search_id} ("
-                                                f"{int(frontier.mask.sum())} of {len(frontier.rows)} complete trials)")
-    if not outcome.complete:
-        print(f"sparsetune search: interrupted; continue it with: sparsetune search {args.spec} --resume "
-              f"(or --resume {outcome.path})", file=sys.stderr)
+                                                f"{int(frontier.mask.sum())} of {len(frontier.rows)} complete trials); "
+                                                f"hypervolume {frontier.hypervolume:.4f}")
+    failed = sum(n for n, _ in outcome.failures)
+    if failed:  # one line per distinct cause, on stderr: what went wrong, however quiet
+        done = len(frontier.rows) + len(frontier.others)
+        print(f"sparsetune search: {failed} of {done} trials failed:", file=sys.stderr)
+        for n, cause in outcome.failures:
+            print(f"  {n} × {cause}", file=sys.stderr)
+    resume = f"sparsetune search {args.spec} --resume (or --resume {outcome.path})"
+    if not outcome.complete and not outcome.budget_hit:
+        print(f"sparsetune search: interrupted; continue it with: {resume}", file=sys.stderr)
         return 130
+    if not frontier.rows:
+        why = "within the time budget" if outcome.budget_hit else "(see the causes above)"
+        print(f"sparsetune search: error: no trial completed {why}; nothing to export", file=sys.stderr)
+        if outcome.budget_hit:
+            print(f"continue it with: {resume}", file=sys.stderr)
+        return 1
+    if outcome.budget_hit:
+        print(f"sparsetune search: time budget reached; continue it with: {resume}", file=sys.stderr)
     if not args.quiet:
+        print(f"browse it: {outcome.url}")
+        print(f"Optuna dashboard: optuna-dashboard {outcome.optuna_storage}")
         print(f"export it with: sparsetune export --experiment {spec.name} --out exported/{spec.name}")
     return 0
 
@@ -87,57 +118,62 @@ def _load(args: argparse.Namespace):
     import os
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from .locations import InputError, resolve_tracking_uri
+
+    try:
+        uri = resolve_tracking_uri(args.tracking_uri)
+    except ValueError as e:
+        raise InputError("--tracking-uri", str(e), args.tracking_uri) from None
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise InputError("--tracking-uri", "no MLflow store there (run a search first)", uri)
     from mlflow.tracking import MlflowClient
 
-    from trainables.config import ConfigError
-
-    from .spec import Objective, resolve_tracking_uri
+    from .frontier import objectives_from_json
     from .tracking import find_search, load_frontier
 
-    uri = resolve_tracking_uri(args.tracking_uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        raise ConfigError([("--tracking-uri", "no MLflow store there (run a search first)", uri)])
     client = MlflowClient(uri)
     exp, parent = find_search(client, args.experiment, args.search_id)
     if parent is None:
         what = f"search {args.search_id!r} in " if args.search_id else ""
-        raise ConfigError([("--experiment", f"no {what}search recorded in {uri}", args.experiment)])
-    objectives = [Objective(metric=m, mode=d) for m, d in
-                  (item.split(":") for item in parent.data.params["objectives"].split(","))]
+        raise InputError("--experiment", f"no {what}search recorded in {uri}", args.experiment)
+    # the objectives as the search defined them, hypervolume references included: the same
+    # hypervolume as the search's own
+    objectives = objectives_from_json(parent.data.params["objectives"])
     frontier = load_frontier(client, exp.experiment_id, parent.info.run_id, objectives)
     return client, parent, _constrained(frontier, args)
 
 
 def _constrained(frontier, args: argparse.Namespace):
     """The frontier of the runs that meet --max-params / --max-flops / --min-accuracy."""
-    from .tracking import Frontier
+    from .frontier import Frontier
 
     limits = (("params_nonzero", args.max_params, lambda v, c: v <= c),
               ("flops_compact", args.max_flops, lambda v, c: v <= c),
               ("val_accuracy", args.min_accuracy, lambda v, c: v >= c))
+    if all(c is None for _, c, _ in limits):
+        return frontier
     rows = [r for r in frontier.rows
             if all(c is None or (isinstance(r.get(k), float) and ok(r[k], c)) for k, c, ok in limits)]
-    return Frontier.of(rows, frontier.objectives)
+    return Frontier.of(rows, frontier.objectives, frontier.others)
 
 
 def _cmd_frontier(args: argparse.Namespace) -> int:
     _, parent, frontier = _load(args)
-    rows = frontier.rows if args.all else frontier.points
+    rows = frontier.ranked if args.all else frontier.points
     _print_table(frontier, rows, f"{parent.info.run_name}: {int(frontier.mask.sum())} Pareto-optimal of "
-                                 f"{len(frontier.rows)} complete trials; hypervolume {frontier.hypervolume:.4f}")
+                                 f"{len(frontier.rows)} complete trials; hypervolume {frontier.hypervolume:.4f}",
+                 pareto_column=args.all)
     if args.plot:
         from .plots import frontier_figure
 
         y = next((o.metric for o in frontier.objectives if o.mode == "max"), "val_accuracy")
-        frontier_figure(frontier, "params_nonzero", y).savefig(args.plot, dpi=120, bbox_inches="tight")
+        title = f"{parent.info.run_name}: {len(frontier.rows)} complete trials"
+        frontier_figure(frontier, args.plot_x, y, title=title).savefig(args.plot, dpi=120, bbox_inches="tight")
         print(f"wrote {args.plot}")
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from trainables import TrialConfig
-    from trainables.yamlio import dump_yaml
-
     client, parent, frontier = _load(args)
     chosen = frontier.points
     if not chosen:
@@ -147,16 +183,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     index = []
     for rank, row in enumerate(chosen):
+        # the trial's own config.yaml, byte for byte: TrialConfig.to_dict() of exactly what it ran
         local = client.download_artifacts(row["run_id"], "config.yaml", str(out / f".dl{rank}"))
-        cfg = TrialConfig.from_yaml(local)  # validated: what was exported is a runnable config
         name = f"rank{rank}_{row['regularizer']}_{row['trial_id']}.yaml"
         header = (f"# exported from MLflow run {row['run_id']} (search {parent.info.run_name}, trial "
                   f"{row['trial_id']})\n# " + ", ".join(f"{o.metric}={row.get(o.metric)}" for o in frontier.objectives)
                   + f", test_accuracy={row.get('test_accuracy')}\n")
-        (out / name).write_text(header + dump_yaml(cfg.to_dict(), default_flow_style=False, width=80))
+        (out / name).write_text(header + Path(local).read_text())
         Path(local).unlink()
         Path(local).parent.rmdir()
-        index.append({"file": name, **{k: row.get(k) for k in frontier.columns() if not k.startswith("param:")},
+        index.append({"file": name, **{k: row.get(k) for k in frontier.columns()
+                                       if not k.startswith("param:") and k not in ("state", "cause")},
                       "pareto": True})
     with open(out / "index.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(index[0]))
@@ -167,6 +204,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _fmt(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else ""
     if isinstance(value, float):
         if math.isnan(value):
             return "-"
@@ -174,12 +213,13 @@ def _fmt(value) -> str:
     return "-" if value is None else str(value)
 
 
-def _print_table(frontier, rows: list[dict], title: str) -> None:
+def _print_table(frontier, rows: list[dict], title: str, pareto_column: bool = False) -> None:
     from rich.console import Console
     from rich.table import Table
 
     metrics = [o.metric for o in frontier.objectives]
-    cols = ["trial_id", "regularizer", *metrics, *[c for c in ("test_accuracy", "sparsity") if c not in metrics]]
+    cols = ["trial_id", "regularizer", *(["pareto"] if pareto_column else []), *metrics,
+            *[c for c in ("test_accuracy", "sparsity") if c not in metrics]]
     table = Table(title=title)
     for c in cols:
         table.add_column(c, justify="left" if c in ("trial_id", "regularizer") else "right")

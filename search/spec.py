@@ -32,12 +32,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.config import REGULARIZER_PARAMS, ConfigError, TrialConfig, _FieldError, _from_validation_error
+from trainables.config import REGULARIZER_PARAMS, ConfigError, TrialConfig, _FieldError, _from_validation_error, flatten
 from trainables.yamlio import load_yaml
+
+from .frontier import DENSE_REFERENCE, Objective
+from .locations import resolve_optuna_storage, resolve_storage, resolve_tracking_uri
 
 __all__ = [
     "resolve_storage",
     "resolve_tracking_uri",
+    "resolve_optuna_storage",
+    "resolve_paths",
     "SpecError",
     "Distribution",
     "Objective",
@@ -62,11 +67,6 @@ DEFAULT_OBJECTIVES = [
     {"metric": "params_nonzero", "mode": "min"},
     {"metric": "flops_compact", "mode": "min"},
 ]
-# hypervolume reference of a "min" objective: the dense network's value (result.json key)
-DENSE_REFERENCE = {"params_nonzero": "params_total", "params_unique": "params_total",
-                   "weights_nonzero": "params_total", "flops_compact": "flops_dense",
-                   "flops_sparse": "flops_dense"}
-
 
 class SpecError(ConfigError):
     """An invalid search spec (a ``ConfigError``: same message format, exit status 2)."""
@@ -118,18 +118,6 @@ class Distribution(_Strict):
         if self.type == "int":
             return [int(self.low), int(self.high)]
         return [self.low, self.high]
-
-
-class Objective(_Strict):
-    metric: str
-    mode: Literal["max", "min"]
-    reference: float | None = None  # hypervolume reference; default: 0 for accuracies, dense value
-
-    @model_validator(mode="after")
-    def _check(self) -> Objective:
-        if self.reference is not None and not math.isfinite(self.reference):
-            raise _FieldError("reference", "the hypervolume reference must be finite", self.reference)
-        return self
 
 
 class Resources(_Strict):
@@ -188,6 +176,12 @@ class SearchSpec(_Strict):
     # a trial checkpoints when this many seconds have passed since its last checkpoint (and on
     # its last epoch): at most this much work is lost with a worker; 0 = every epoch
     checkpoint_every_s: float = 10.0
+    # stop starting and running trials after this many seconds (Tune's time_budget_s); trials not
+    # started are not failures, and the search can be resumed with --resume
+    time_budget_s: float | None = None
+    # the Optuna study's RDB storage (optuna-dashboard reads it); default: optuna.db beside a
+    # SQLite MLflow store (or in the working directory)
+    optuna_storage: str | None = None
 
     @field_validator("space", "regularizers", mode="before")
     @classmethod
@@ -209,6 +203,8 @@ class SearchSpec(_Strict):
         if not (math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0):
             raise _FieldError("checkpoint_every_s", "`checkpoint_every_s >= 0` (finite) must hold",
                               self.checkpoint_every_s)
+        if self.time_budget_s is not None and not (math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
+            raise _FieldError("time_budget_s", "`time_budget_s > 0` (finite, seconds) must hold", self.time_budget_s)
         if not 0 <= self.seed <= 2**32 - 1:  # what Optuna's samplers accept
             raise _FieldError("seed", "`0 <= seed <= 2**32 - 1` must hold (Optuna's sampler seed)", self.seed)
         return self
@@ -227,6 +223,14 @@ class SearchSpec(_Strict):
             for key, value in (self.regularizers or {}).get(family, {}).items():
                 entries[_absolute(key)] = value
         return entries
+
+    @property
+    def reproducible(self) -> bool:
+        """Whether the same spec and seed give the same trials: only when one trial runs at a
+        time (with more, the order in which trials finish decides what the sampler knows when it
+        suggests the next one) and no time budget cuts the search at a moment that depends on
+        the machine's speed."""
+        return self.concurrency == 1 and self.time_budget_s is None
 
     def objective_names(self) -> list[str]:
         return [o.metric for o in self.objectives]
@@ -294,7 +298,48 @@ def load_spec(path: str | Path, *, trials: int | None = None) -> SearchSpec:
         err = _from_validation_error(e, source=source)
         raise SpecError(err.problems, source) from None
     validate_spec(spec, source)
-    return spec
+    return resolve_paths(spec)
+
+
+def resolve_paths(spec: SearchSpec) -> SearchSpec:
+    """The spec with every relative path made absolute, here on the driver, before Ray starts.
+
+    Ray runs each trial in its own working directory, so a relative ``data.path`` would be looked
+    up there. Which fields are paths is the config's to say, not a list kept here: a field is a
+    path when ``TrialConfig`` turns the relative string it was given into an absolute one. Every
+    value the spec can put in a trial (base, space and family constants, categorical choices) is
+    in some candidate config, so each one is resolved exactly as the config resolves it now.
+    """
+    resolved: dict[tuple[str, str], str] = {}
+    for _, data, _ in candidate_configs(spec):
+        try:
+            full = flatten(TrialConfig.from_dict(data).to_dict())
+        except ConfigError:  # validate_spec reports it
+            continue
+        for path, given in flatten(data).items():
+            out = full.get(path)
+            if (isinstance(given, str) and isinstance(out, str) and out != given
+                    and not Path(given).is_absolute() and Path(out).is_absolute()):
+                resolved[(path, given)] = out
+    if not resolved:
+        return spec
+
+    def fix(path: str, value: Any) -> Any:
+        if isinstance(value, Distribution) and value.type == "categorical":
+            return value.model_copy(update={"choices": [fix(path, c) for c in value.choices]})
+        return resolved.get((path, value), value) if isinstance(value, str) else value
+
+    def walk(node: Any, prefix: str) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, f"{prefix}/{k}" if prefix else str(k)) for k, v in node.items()}
+        return fix(prefix, node)
+
+    families = {f: {k: fix(_absolute(k), v) for k, v in entries.items()}
+                for f, entries in (spec.regularizers or {}).items()}
+    return spec.model_copy(update={
+        "base": walk(spec.base, ""),
+        "space": {k: fix(_canonical(k), v) for k, v in spec.space.items()},
+        "regularizers": families if spec.regularizers is not None else None})
 
 
 def candidate_configs(spec: SearchSpec) -> list[tuple[str | None, dict[str, Any], dict[str, str]]]:
@@ -424,29 +469,8 @@ def _check_structure(spec: SearchSpec, problems: list) -> None:
             resolve_tracking_uri(spec.tracking_uri)
         except ValueError as e:
             problems.append(("tracking_uri", str(e), spec.tracking_uri))
-
-
-def resolve_storage(storage: str | None) -> str:
-    """Ray's storage path: a URI (``s3://``, ``gs://``, ``file://``...) or an absolute path."""
-    if storage is None:
-        return str(Path("ray_results").absolute())
-    if "://" in storage:
-        return storage
-    return str(Path(storage).expanduser().absolute())
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """An MLflow tracking URI with no relative path in it (Ray moves trials' working dirs).
-
-    Default: ``sqlite:///<absolute cwd>/mlflow.db``. MLflow 3 refuses its old file store, so
-    ``file:`` URIs and bare folders are rejected here rather than at the first logged metric.
-    """
-    if uri is None:
-        return f"sqlite:///{Path('mlflow.db').absolute()}"
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///"):]
-        return uri if path.startswith("/") else f"sqlite:///{Path(path).expanduser().absolute()}"
-    if uri.startswith(("http://", "https://", "postgresql", "mysql", "mssql", "databricks")):
-        return uri
-    raise ValueError("use sqlite:///<path>.db, an http(s):// MLflow server or a database URI "
-                     "(MLflow 3 no longer accepts the file store)")
+    if spec.optuna_storage is not None:
+        try:
+            resolve_optuna_storage(spec.optuna_storage, "")
+        except ValueError as e:
+            problems.append(("optuna_storage", str(e), spec.optuna_storage))

@@ -14,23 +14,20 @@ search reuses its parent run and its trials' child runs, never duplicating them.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from . import pareto
-from .spec import DENSE_REFERENCE, Objective
+from .frontier import Frontier, Objective, better, objective_matrix, objectives_to_json
+from .locations import runs_url
 
-__all__ = ["Tracker", "Frontier", "load_frontier", "find_search", "objective_matrix", "ARTIFACTS"]
+__all__ = ["Tracker", "Frontier", "load_frontier", "find_search", "objective_matrix", "ARTIFACTS",
+           "failure_summary"]
 
 ARTIFACTS = ("config.yaml", "result.json", "compact_model.pt")
 TAG = "sparsetune"
@@ -43,71 +40,6 @@ def _now_ms() -> int:
 
 def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def objective_matrix(rows: list[dict], objectives: list[Objective]) -> tuple[np.ndarray, np.ndarray]:
-    """Objective values and hypervolume reference, normalised so searches compare.
-
-    A "min" objective with a dense counterpart (``params_nonzero`` -> ``params_total``,
-    ``flops_compact`` -> ``flops_dense``) is divided by it: 1.0 is the dense network, the
-    reference. Other objectives keep their units; the reference is the objective's ``reference``
-    or 0 for a "max" objective (accuracy). The hypervolume of the result is then in [0, 1] for the
-    default objectives.
-    """
-    values = np.full((len(rows), len(objectives)), np.nan)
-    reference = np.zeros(len(objectives))
-    for j, o in enumerate(objectives):
-        dense = DENSE_REFERENCE.get(o.metric) if o.mode == "min" and o.reference is None else None
-        reference[j] = 1.0 if dense else (o.reference if o.reference is not None else 0.0)
-        for i, row in enumerate(rows):
-            v = row.get(o.metric)
-            if v is None:
-                continue
-            values[i, j] = v / row[dense] if dense and row.get(dense) else v
-    return values, reference
-
-
-@dataclass
-class Frontier:
-    """The finished trials of one search, and which are Pareto-optimal."""
-
-    rows: list[dict]  # one per finished trial: run_id, trial_id, regularizer, metrics, params
-    objectives: list[Objective]
-    mask: np.ndarray
-    hypervolume: float
-
-    @classmethod
-    def of(cls, rows: list[dict], objectives: list[Objective]) -> Frontier:
-        values, reference = objective_matrix(rows, objectives)
-        modes = [o.mode for o in objectives]
-        if not rows:
-            return cls(rows, objectives, np.zeros(0, bool), 0.0)
-        mask = pareto.nondominated_mask(values, modes)
-        return cls(rows, objectives, mask, pareto.hypervolume(values, modes, reference))
-
-    @property
-    def points(self) -> list[dict]:
-        """Pareto-optimal rows, most accurate (first objective) first."""
-        first = self.objectives[0]
-        chosen = [r for r, keep in zip(self.rows, self.mask) if keep]
-        return sorted(chosen, key=lambda r: r.get(first.metric, 0), reverse=first.mode == "max")
-
-    def columns(self) -> list[str]:
-        metrics = [o.metric for o in self.objectives]
-        extra = ["test_accuracy", "params_total", "params_unique", "sparsity", "flops_dense"]
-        keys = sorted({k for r in self.rows for k in r if k.startswith("param:")})
-        params = [k for k in keys if len({r.get(k) for r in self.rows}) > 1]  # what the search varied
-        return ["trial_id", "regularizer", "pareto", *metrics, *[e for e in extra if e not in metrics],
-                "run_id", *params]
-
-    def to_csv(self, only_pareto: bool = False) -> str:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=self.columns(), extrasaction="ignore")
-        writer.writeheader()
-        for row, keep in zip(self.rows, self.mask):
-            if keep or not only_pareto:
-                writer.writerow({**row, "pareto": bool(keep)})
-        return buf.getvalue()
 
 
 def find_search(client: MlflowClient, experiment: str, search_id: str | None = None):
@@ -143,11 +75,28 @@ def _row(run) -> dict:
 
 def load_frontier(client: MlflowClient, experiment_id: str, parent_id: str,
                   objectives: list[Objective]) -> Frontier:
-    """The frontier over a search's complete (finished, full-budget) trials, read from MLflow."""
-    rows = [_row(r) for r in _children(client, experiment_id, parent_id)
-            if r.info.status == "FINISHED" and r.data.tags.get(f"{TAG}.state") == "complete"]
+    """The frontier over a search's complete (finished, full-budget) trials, read from MLflow;
+    the pruned and failed trials come along in ``others`` (with their ``state`` and ``cause``)."""
+    rows, others = [], []
+    for r in _children(client, experiment_id, parent_id):
+        state = r.data.tags.get(f"{TAG}.state", "running")
+        if r.info.status == "FINISHED" and state == "complete":
+            rows.append(_row(r))
+        else:
+            others.append({**_row(r), "state": state, "cause": r.data.tags.get(f"{TAG}.cause", "")})
     rows.sort(key=lambda r: r["trial_id"])
-    return Frontier.of(rows, objectives)
+    others.sort(key=lambda r: (r["state"], r["trial_id"]))
+    return Frontier.of(rows, objectives, others)
+
+
+def failure_summary(others: list[dict]) -> list[tuple[int, str]]:
+    """(count, cause) per distinct cause of the failed trials, most frequent first."""
+    counts: dict[str, int] = {}
+    for row in others:
+        if row.get("state") == "failed":
+            cause = row.get("cause") or "unknown error"
+            counts[cause] = counts.get(cause, 0) + 1
+    return sorted(((n, c) for c, n in counts.items()), key=lambda x: (-x[0], x[1]))
 
 
 def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
@@ -162,7 +111,8 @@ class Tracker:
     """Writes one search to MLflow. Holds only plain data, so Ray can pickle it with its callbacks."""
 
     def __init__(self, tracking_uri: str, experiment: str, search_id: str, objectives: list[Objective],
-                 spec_yaml: str, search_params: dict[str, Any], flush_s: float = 5.0):
+                 spec_yaml: str, search_params: dict[str, Any], flush_s: float = 5.0,
+                 compares: str = "", optuna_storage: str | None = None):
         self.tracking_uri = tracking_uri
         self.flush_s = flush_s  # per-epoch metrics reach MLflow at most this late (0: every epoch)
         self.experiment = experiment
@@ -170,6 +120,8 @@ class Tracker:
         self.objectives = objectives
         self.spec_yaml = spec_yaml
         self.search_params = search_params
+        self.compares = compares  # what the search compares, in words (the experiment description)
+        self.optuna_storage = optuna_storage
         self._reset()
 
     def _reset(self) -> None:
@@ -183,10 +135,12 @@ class Tracker:
         self._fresh = False  # this tracker created the parent: no child run can exist yet
         self._pending: dict[str, list[Metric]] = {}  # run_id -> epoch metrics not yet written
         self._flushed: dict[str, float] = {}  # run_id -> time of its last write
+        self._steps: dict[str, dict[str, int]] = {}  # run_id -> metric -> last step written
 
     def __getstate__(self) -> dict:
-        keep = ("tracking_uri", "experiment", "search_id", "objectives", "spec_yaml", "search_params", "flush_s")
-        return {k: self.__dict__[k] for k in keep}
+        keep = ("tracking_uri", "experiment", "search_id", "objectives", "spec_yaml", "search_params", "flush_s",
+                "compares", "optuna_storage")
+        return {k: self.__dict__.get(k) for k in keep}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -206,6 +160,17 @@ class Tracker:
             self._parent_id = self._find_or_create_parent()
         return self._parent_id
 
+    @property
+    def experiment_id(self) -> str:
+        self.parent_id  # noqa: B018  (finds or creates the experiment)
+        return self._experiment_id
+
+    @property
+    def url(self) -> str:
+        """The MLflow UI's runs table of this search's experiment."""
+        first = self.objectives[0]
+        return runs_url(self.tracking_uri, self.experiment_id, first.metric, first.mode == "min")
+
     def _find_or_create_parent(self) -> str:
         exp, run = find_search(self.client, self.experiment, self.search_id)
         if exp is None:
@@ -213,14 +178,21 @@ class Tracker:
                 self.tracking_uri, self.experiment))
         else:
             self._experiment_id = exp.experiment_id
+        # a training experiment, so the UI opens on its runs (not on the GenAI overview), and a
+        # description of what it compares
+        self.client.set_experiment_tag(self._experiment_id, "mlflow.experimentKind", "custom_model_development")
+        if self.compares:
+            self.client.set_experiment_tag(self._experiment_id, "mlflow.note.content", self.compares)
         if run is not None:
             self.client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id
-        tags = {f"{TAG}.kind": "search", f"{TAG}.search_id": self.search_id}
+        tags = {f"{TAG}.kind": "search", f"{TAG}.search_id": self.search_id,
+                "mlflow.note.content": f"Search `{self.search_id}` is running.\n\n" + self._objectives_md()}
         run = self.client.create_run(self._experiment_id, run_name=self.search_id, tags=tags)
         rid = run.info.run_id
         self._fresh = True
         params = [Param(k, str(v)[:6000]) for k, v in self.search_params.items()]
+        params.append(Param("objectives", objectives_to_json(self.objectives)))
         for i in range(0, len(params), 100):
             self.client.log_batch(rid, params=params[i:i + 100])
         self.client.log_text(rid, self.spec_yaml, "spec.yaml")
@@ -235,8 +207,12 @@ class Tracker:
             [self._experiment_id],
             f"tags.mlflow.parentRunId = '{parent}' and tags.`{TAG}.trial_id` = '{trial_id}'", max_results=1)
         if found:
-            self._runs[trial_id] = found[0].info.run_id
-            return self._runs[trial_id]
+            rid = found[0].info.run_id
+            self._runs[trial_id] = rid
+            # what it already holds: a trial resumed from an older checkpoint repeats epochs
+            self._steps[rid] = {key: max((m.step for m in self.client.get_metric_history(rid, key)), default=-1)
+                                for key in found[0].data.metrics}
+            return rid
         tags = {"mlflow.parentRunId": parent, f"{TAG}.search_id": self.search_id,
                 f"{TAG}.trial_id": trial_id, f"{TAG}.regularizer": regularizer, f"{TAG}.state": "running"}
         run = self.client.create_run(self._experiment_id, run_name=trial_name, tags=tags)
@@ -256,6 +232,10 @@ class Tracker:
     def log_result(self, run_id: str, result: dict) -> None:
         """One epoch's scalar metrics, at step = epoch (the final epoch carries the final metrics).
 
+        Each (metric, epoch) is written once: a trial retried or resumed from a checkpoint older
+        than its last report repeats those epochs, and the repeats are dropped (training resumes
+        with the checkpoint's random state, so they hold the same values).
+
         Buffered: written when ``flush_s`` seconds have passed since the run's last write, and
         when the trial ends. One SQLite transaction per epoch costs more than a whole epoch of a
         small trial (bench/ray_overhead.py); long epochs still appear live."""
@@ -263,8 +243,14 @@ class Tracker:
         ts = _now_ms()
         skip = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid",
                 "time_since_restore", "iterations_since_restore", "done", "final", "epoch"}
-        self._pending.setdefault(run_id, []).extend(
-            Metric(k, float(v), ts, step) for k, v in result.items() if k not in skip and _numeric(v) and "/" not in k)
+        last = self._steps.setdefault(run_id, {})
+        fresh = []
+        for k, v in result.items():
+            if k in skip or not _numeric(v) or "/" in k or step <= last.get(k, -1):
+                continue
+            last[k] = step
+            fresh.append(Metric(k, float(v), ts, step))
+        self._pending.setdefault(run_id, []).extend(fresh)
         if time.monotonic() - self._flushed.get(run_id, 0.0) >= self.flush_s or result.get("final") == 1.0:
             self.flush(run_id)
 
@@ -297,10 +283,22 @@ class Tracker:
         self.client.set_tag(run_id, f"{TAG}.pareto", "false")
         self.client.set_terminated(run_id, "KILLED")
 
-    def failed(self, run_id: str, error: str) -> None:
+    def stopped(self, run_id: str, epoch: int) -> None:
+        """Stopped by the search's time budget: not a failure, never on the frontier."""
         self.flush(run_id)
+        self.client.set_tag(run_id, f"{TAG}.state", "stopped")
+        self.client.set_tag(run_id, f"{TAG}.stopped_at_epoch", str(epoch))
+        self.client.set_tag(run_id, f"{TAG}.pareto", "false")
+        self.client.set_terminated(run_id, "KILLED")
+
+    def failed(self, run_id: str, error: str, cause: str | None = None) -> None:
+        """A trial that failed: its error (``error.txt``, tag ``error``) and a one-line ``cause``
+        that the search's summary groups trials by."""
+        self.flush(run_id)
+        cause = cause or _cause(error)
         self.client.set_tag(run_id, f"{TAG}.state", "failed")
         self.client.set_tag(run_id, f"{TAG}.error", error[-MAX_TAG:])
+        self.client.set_tag(run_id, f"{TAG}.cause", cause[:MAX_TAG])
         self.client.set_tag(run_id, f"{TAG}.pareto", "false")
         self.client.log_text(run_id, error, "error.txt")
         self.client.set_terminated(run_id, "FAILED")
@@ -312,7 +310,7 @@ class Tracker:
 
     def _complete_rows(self) -> dict[str, dict]:
         if self._rows is None:
-            frontier = load_frontier(self.client, self._experiment_id, self.parent_id, self.objectives)
+            frontier = load_frontier(self.client, self.experiment_id, self.parent_id, self.objectives)
             self._rows = {r["trial_id"]: r for r in frontier.rows}
             self._pareto = {}  # unknown: the next update writes every complete trial's tag
         return self._rows
@@ -332,16 +330,86 @@ class Tracker:
             self._logged_at = len(rows)
         return frontier
 
-    def finish(self, status: str = "FINISHED") -> Frontier:
-        """Log the frontier table and plots on the parent run and close it."""
-        from .plots import frontier_figures
+    def finish(self, status: str = "FINISHED", outcome: str = "") -> Frontier:
+        """Close the search's parent run: the frontier as ``trials.csv``, ``frontier.csv``,
+        ``frontier.html`` and PNG plots, and a markdown description that summarises it.
+        Returns the frontier over every trial recorded (with the pruned and failed ones)."""
+        from .plots import frontier_figures, frontier_html
 
         self.flush()  # epochs of trials still running (an interrupted search)
-        frontier = self._update_frontier()
+        self._update_frontier()
+        frontier = load_frontier(self.client, self.experiment_id, self.parent_id, self.objectives)
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "pareto.csv").write_text(frontier.to_csv())
-            for name, fig in frontier_figures(frontier).items():
+            (Path(tmp) / "trials.csv").write_text(frontier.to_csv())
+            (Path(tmp) / "frontier.csv").write_text(frontier.to_csv(only_pareto=True))
+            (Path(tmp) / "frontier.html").write_text(frontier_html(frontier, self.search_id))
+            for name, fig in frontier_figures(frontier, title=self._title(frontier)).items():
                 fig.savefig(Path(tmp) / name, dpi=120, bbox_inches="tight")
             self.client.log_artifacts(self.parent_id, tmp)
+        self.client.set_tag(self.parent_id, "mlflow.note.content", self.describe(frontier, outcome))
+        if outcome:
+            self.client.set_tag(self.parent_id, f"{TAG}.outcome", outcome)
         self.client.set_terminated(self.parent_id, status)
         return frontier
+
+    def log_importances(self, importances: dict[str, dict[str, float]]) -> None:
+        """Per-objective hyperparameter importances (Optuna's), as ``importance/<objective>/<param>``
+        metrics and ``importances.json`` on the parent run."""
+        ts = _now_ms()
+        metrics = [Metric(f"importance/{obj}/{param}", float(v), ts, 0)
+                   for obj, values in importances.items() for param, v in values.items() if _numeric(v)]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(self.parent_id, metrics=metrics[i:i + 1000])
+        self.client.log_dict(self.parent_id, importances, "importances.json")
+
+    # -- the description ----------------------------------------------------------------------------
+
+    def _title(self, frontier: Frontier) -> str:
+        n = len(frontier.rows) + len(frontier.others)
+        return f"{self.search_id}: {len(frontier.rows)} complete of {n} trials"
+
+    def _objectives_md(self) -> str:
+        return "**Objectives:** " + ", ".join(f"`{o.metric}` ({o.mode}: {better(o)})" for o in self.objectives)
+
+    def describe(self, frontier: Frontier, outcome: str = "") -> str:
+        """The parent run's description (markdown): objectives, the frontier table with links to
+        the child runs, the hypervolume, and the failures with their causes."""
+        n = len(frontier.rows) + len(frontier.others)
+        states = {"complete": len(frontier.rows)}
+        for r in frontier.others:
+            states[r["state"]] = states.get(r["state"], 0) + 1
+        lines = [f"### Search `{self.search_id}`", "",
+                 f"{n} trials: " + ", ".join(f"{v} {k}" for k, v in states.items() if v)
+                 + (f". {outcome}" if outcome else "."), "", self._objectives_md(), "",
+                 f"**Hypervolume:** {frontier.hypervolume:.4f} (objectives normalised by the dense network; "
+                 "reference: " + ", ".join(f"`{o.metric}` {ref:g}" for o, ref in
+                                          zip(self.objectives, objective_matrix([], self.objectives)[1])) + ")",
+                 "", f"**Pareto frontier** ({int(frontier.mask.sum())} of {len(frontier.rows)} complete trials):", ""]
+        metrics = [o.metric for o in self.objectives]
+        cols = ["family", "trial", *metrics, *(["test_accuracy"] if "test_accuracy" not in metrics else [])]
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in frontier.points:
+            link = f"[{r['trial_id']}](#/experiments/{self.experiment_id}/runs/{r['run_id']})"
+            values = [_fmt(r.get(m)) for m in cols[2:]]
+            lines.append("| " + " | ".join([r["regularizer"], link, *values]) + " |")
+        failures = failure_summary(frontier.others)
+        if failures:
+            lines += ["", f"**Failures** ({sum(k for k, _ in failures)} trials):", ""]
+            lines += [f"- {k} × {cause}" for k, cause in failures]
+        lines += ["", "Artifacts: `frontier.html` (interactive: hover for each trial's hyperparameters), "
+                      "`trials.csv`, `frontier.csv`, `frontier_params.png`, `frontier_flops.png`."]
+        if self.optuna_storage:
+            lines += ["", f"Optuna study `{self.search_id}`: `optuna-dashboard {self.optuna_storage}`"]
+        return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if not _numeric(value):
+        return "-"
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:,.0f}"
+
+
+def _cause(error: str) -> str:
+    """The last non-empty line of an error text (a traceback ends with the exception)."""
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"

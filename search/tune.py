@@ -23,6 +23,7 @@ import math
 import os
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,19 +38,23 @@ import optuna  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from trainables.config import TrialConfig  # noqa: E402
 
+from .frontier import Frontier  # noqa: E402
 from .spec import (  # noqa: E402
     Distribution,
     SearchSpec,
     SpecError,
     candidate_configs,
+    resolve_optuna_storage,
+    resolve_paths,
     resolve_storage,
     resolve_tracking_uri,
 )
-from .tracking import Frontier, Tracker  # noqa: E402
+from .tracking import Tracker, failure_summary  # noqa: E402
 
 __all__ = [
     "train_trial",
@@ -57,6 +62,7 @@ __all__ = [
     "SpaceDefinition",
     "TrackingCallback",
     "make_sampler",
+    "make_scheduler",
     "run_search",
     "SearchOutcome",
     "find_resumable",
@@ -104,9 +110,30 @@ def train_trial(config: dict[str, Any], checkpoint_every_s: float = 0.0) -> None
 
     try:
         fit(cfg, report, resume=resume)
-    except TrainingDiverged as e:
-        # deterministic: report it instead of raising, so Ray does not retry the same divergence
-        tune.report({"trial_failed": 1.0, "final": 0.0, "error": f"TrainingDiverged: {e}"})
+    except Exception as e:
+        if _retryable(e):
+            raise  # Ray retries it (max_failures), from the last checkpoint
+        # deterministic (a bad config, unreadable data, a diverging loss...): the same config fails
+        # the same way again, so report it instead of raising, and Ray does not retry it
+        tune.report({"trial_failed": 1.0, "final": 0.0, "cause": _one_line(e),
+                     "error": "".join(traceback.format_exception(e))})
+
+
+def _retryable(e: BaseException) -> bool:
+    """Only what can succeed on a retry: running out of (GPU) memory, which other trials sharing
+    the device may have freed by then. A dead worker or node never reaches this code: Ray sees it
+    and retries the trial. Everything else a trial raises is deterministic."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+
+
+def _one_line(e: BaseException) -> str:
+    from trainables import TrainingDiverged
+    from trainables.config import ConfigError
+
+    text = " ".join(str(e).split())
+    if isinstance(e, ConfigError):  # its message already says "invalid config: field: ... (got ...)"
+        return text[:500]
+    return f"{'training diverged' if isinstance(e, TrainingDiverged) else type(e).__name__}: {text}"[:500]
 
 
 # ----------------------------------------------------------------------------- the searcher
@@ -154,6 +181,7 @@ class SpaceDefinition:
                 fixed["regularizer/name"] = family
             else:
                 family = trial.suggest_categorical("regularizer/name", self.families)
+            trial.set_user_attr("regularizer", family)  # shown by optuna-dashboard, used for importances
         for path, entry in self.entries[family].items():
             if path == "regularizer/name":
                 continue
@@ -208,23 +236,50 @@ def max_epochs(spec: SearchSpec) -> int:
 # ----------------------------------------------------------------------------- tracking + progress
 
 
-class TrackingCallback(tune.Callback):
-    """Turns Ray's trial events into MLflow runs (via :class:`Tracker`) and progress lines."""
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
-    def __init__(self, tracker: Tracker, total: int, quiet: bool = False):
+
+class TrackingCallback(tune.Callback):
+    """Turns Ray's trial events into MLflow runs (via :class:`Tracker`) and progress lines: one
+    when a trial starts, one at most every ``progress_s`` seconds while it runs (epoch k/N and
+    validation accuracy, so a long trial is never silent), and one when it ends, with the
+    frontier so far and an ETA from the finished trials' durations."""
+
+    def __init__(self, tracker: Tracker, total: int, concurrency: int = 1, quiet: bool = False,
+                 time_budget_s: float | None = None, progress_s: float = 30.0):
         self.tracker = tracker
         self.total = total
+        self.concurrency = concurrency
         self.quiet = quiet
+        self.time_budget_s = time_budget_s
+        self.progress_s = progress_s
+        self._fresh_state()
+
+    def _fresh_state(self) -> None:
         self.done = 0
         self.frontier: Frontier | None = None
         self.complete = False
+        self.budget_hit = False
         self._reconciled = False
-        self._start = time.time()
+        self._start = time.monotonic()
+        self._started: dict[str, float] = {}  # trial_id -> when it (re)started
+        self._durations: list[float] = []
+        self._said: dict[str, float] = {}  # trial_id -> time of its last progress line
+        self._epochs: dict[str, int] = {}  # trial_id -> epochs it runs
 
     def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.update(done=0, frontier=None, complete=False, _reconciled=False)
-        return state
+        keep = ("tracker", "total", "concurrency", "quiet", "time_budget_s", "progress_s")
+        return {k: self.__dict__[k] for k in keep}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._fresh_state()
 
     def _say(self, text: str) -> None:
         if not self.quiet:
@@ -243,9 +298,26 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         self._run(trial)
+        self._started[trial.trial_id] = time.monotonic()
+        self._said[trial.trial_id] = time.monotonic()
+        running = sum(t.status == "RUNNING" for t in trials)
+        self._say(f"  start  {_name(trial)}  ({running} running, {self.done}/{self.total} done)")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         self.tracker.log_result(self._run(trial), result)
+        now = time.monotonic()
+        if now - self._said.get(trial.trial_id, now) >= self.progress_s and result.get("final") != 1.0:
+            self._said[trial.trial_id] = now
+            acc = result.get("val_accuracy")
+            self._say(f"  ...    {_name(trial)}  epoch {int(result.get('epoch', 0))}/{self._total_epochs(trial)}"
+                      + (f"  val acc {acc:.3f}" if _finite(acc) else "")
+                      + f"  ({_duration(now - self._started.get(trial.trial_id, now))})")
+
+    def _total_epochs(self, trial) -> int:
+        if trial.trial_id not in self._epochs:
+            cfg = TrialConfig.from_dict(trial.config)
+            self._epochs[trial.trial_id] = cfg.optim.epochs + (cfg.tying.retrain_epochs if cfg.tying.enabled else 0)
+        return self._epochs[trial.trial_id]
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._settle(trial)
@@ -255,7 +327,10 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         self.tracker.retried(self._run(trial), _error_text(trial))
-        self._say(f"        {_name(trial)} failed and is retried from its last checkpoint")
+        self._say(f"        {_name(trial)} lost its worker and is retried from its last checkpoint")
+
+    def _budget_reached(self) -> bool:
+        return self.time_budget_s is not None and time.monotonic() - self._start >= self.time_budget_s
 
     def _settle(self, trial, replay: bool = False) -> bool:
         """Record how the trial ended; False if a replayed trial was already recorded."""
@@ -264,27 +339,48 @@ class TrackingCallback(tune.Callback):
             return False
         result = trial.last_result or {}
         self.done += 1
+        if trial.trial_id in self._started:
+            self._durations.append(time.monotonic() - self._started.pop(trial.trial_id))
         head = f"[{self.done:>3}/{self.total}] {_name(trial)}"
         if trial.status == "ERROR":
             error = _error_text(trial)
             self.tracker.failed(run, error)
             self._say(f"{head} FAILED: {error.strip().splitlines()[-1][:200]}")
         elif result.get("trial_failed"):
-            self.tracker.failed(run, str(result.get("error", "")))
-            self._say(f"{head} FAILED: {result.get('error', '')[:200]}")
+            self.tracker.failed(run, str(result.get("error", "")), str(result.get("cause", "")) or None)
+            self._say(f"{head} FAILED: {str(result.get('cause') or result.get('error', ''))[:200]}")
         elif result.get("final") == 1.0 and trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as d:
                 self.frontier = self.tracker.complete(run, trial.trial_id, Path(d))
             self._say(f"{head} {_summary(result)}  | frontier {int(self.frontier.mask.sum())} trials,"
-                      f" hypervolume {self.frontier.hypervolume:.4f}")
+                      f" hypervolume {self.frontier.hypervolume:.4f}{self._eta()}")
+        elif self._budget_reached():
+            self.budget_hit = True
+            self.tracker.stopped(run, int(result.get("epoch", 0)))
+            self._say(f"{head} stopped by the time budget at epoch {result.get('epoch', 0)}")
         else:
             self.tracker.pruned(run, int(result.get("epoch", 0)))
             self._say(f"{head} stopped early at epoch {result.get('epoch', 0)} (not on the frontier)")
         return True
 
+    def _eta(self) -> str:
+        left = self.total - self.done
+        if not left or not self._durations:
+            return ""
+        mean = sum(self._durations) / len(self._durations)
+        return f" | ETA {_duration(mean * math.ceil(left / self.concurrency))}"
+
     def on_experiment_end(self, trials: list, **info) -> None:
         self.complete = len(trials) >= self.total and all(t.status in ("TERMINATED", "ERROR") for t in trials)
-        self.frontier = self.tracker.finish("FINISHED" if self.complete else "KILLED")
+        self.budget_hit = self.budget_hit or (not self.complete and self._budget_reached())
+        if self.complete:
+            outcome = "complete"
+        elif self.budget_hit:
+            outcome = (f"time budget of {_duration(self.time_budget_s)} reached: {self.total - len(trials)} trials "
+                       "not started (continue with --resume)")
+        else:
+            outcome = "interrupted (continue with --resume)"
+        self.frontier = self.tracker.finish("FINISHED" if self.complete else "KILLED", outcome)
 
 
 def _family(trial) -> str:
@@ -324,6 +420,32 @@ def _error_text(trial) -> str:
     return str(error) if error is not None else "unknown error (Ray recorded none)"
 
 
+# ----------------------------------------------------------------------------- Ray internals
+# The only places that touch private Ray attributes; tests/test_search_units.py checks that they
+# still exist, so a Ray upgrade that moves them fails loudly there, not in a user's search.
+
+
+class _ResumableGenerator(SearchGenerator):
+    """Tune marks the search algorithm finished when the time budget stops the experiment, and
+    saves that with it; a search resumed after its time budget goes on with the trials it has
+    not started yet (the trial count still ends it)."""
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        self._finished = False
+
+
+def _callback_of(tuner: tune.Tuner) -> TrackingCallback:
+    for cb in tuner._local_tuner.get_run_config().callbacks or []:
+        if isinstance(cb, TrackingCallback):
+            return cb
+    raise RuntimeError("the restored search has no sparsetune tracking callback")
+
+
+def _set_time_budget(tuner: tune.Tuner, seconds: float | None) -> None:
+    tuner._local_tuner._tune_config.time_budget_s = seconds
+
+
 # ----------------------------------------------------------------------------- running
 
 
@@ -361,15 +483,29 @@ def _init_ray(address: str | None) -> bool:
 class SearchOutcome:
     search_id: str
     path: str  # the Ray experiment directory (what --resume restores)
-    frontier: Frontier
-    complete: bool  # False when interrupted: resume with --resume
+    frontier: Frontier  # complete trials, with the pruned / failed / stopped ones in ``others``
+    complete: bool  # False when interrupted or stopped by the time budget: resume with --resume
+    budget_hit: bool = False  # stopped by the time budget
+    url: str = ""  # the MLflow UI's runs table
+    optuna_storage: str = ""
+
+    @property
+    def failures(self) -> list[tuple[int, str]]:
+        """(count, cause) per distinct cause of failed trials."""
+        return failure_summary(self.frontier.others)
 
 
 def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, resume: str | None = None,
-               quiet: bool = False) -> SearchOutcome:
-    """Run (or resume) a search; returns its frontier and whether every trial has ended."""
+               quiet: bool = False, time_budget_s: float | None = None) -> SearchOutcome:
+    """Run (or resume) a search; returns its frontier and how it ended.
+
+    ``time_budget_s`` overrides the spec's (also when resuming: a resumed search gets its budget
+    afresh)."""
+    spec = resolve_paths(spec)  # relative paths are relative to where the search is started, not to a trial
+    budget = time_budget_s if time_budget_s is not None else spec.time_budget_s
     storage = resolve_storage(spec.storage)
     uri = resolve_tracking_uri(spec.tracking_uri)
+    optuna_url = resolve_optuna_storage(spec.optuna_storage, uri)
     path = (find_resumable(storage, spec.name) if resume == "latest" else resume) if resume else None
     search_id = Path(path).name if path else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     started = _init_ray(address)
@@ -381,39 +517,52 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
             tuner = tune.Tuner.restore(path, trainable=_trainable(spec), resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
             callback = _callback_of(tuner)
+            if time_budget_s is not None:
+                _set_time_budget(tuner, time_budget_s)
+                callback.time_budget_s = time_budget_s
         else:
-            tracker = Tracker(uri, spec.name, search_id, list(spec.objectives), spec_yaml, _search_params(spec))
-            callback = TrackingCallback(tracker, spec.trials, quiet)
-            tuner = _new_tuner(spec, storage, search_id, callback)
+            tracker = Tracker(uri, spec.name, search_id, list(spec.objectives), spec_yaml, _search_params(spec),
+                              compares=_compares(spec), optuna_storage=optuna_url)
+            callback = TrackingCallback(tracker, spec.trials, spec.concurrency, quiet, budget)
+            tuner = _new_tuner(spec, storage, search_id, callback, optuna_url, budget)
         callback.quiet = quiet
-        _say_start(callback, spec, search_id, storage, uri, resumed=bool(path))
+        _say_start(callback, spec, search_id, storage, uri, optuna_url, resumed=bool(path), budget=budget)
         tuner.fit()
+        if callback.done:
+            _log_importances(callback.tracker, optuna_url, search_id, spec, callback)
         return SearchOutcome(search_id, f"{storage.rstrip('/')}/{search_id}", callback.frontier,
-                             complete=callback.complete)
+                             complete=callback.complete, budget_hit=callback.budget_hit,
+                             url=callback.tracker.url, optuna_storage=optuna_url)
     finally:
         if started:
             ray.shutdown()
 
 
-def _callback_of(tuner: tune.Tuner) -> TrackingCallback:
-    for cb in tuner._local_tuner.get_run_config().callbacks or []:
-        if isinstance(cb, TrackingCallback):
-            return cb
-    raise RuntimeError("the restored search has no sparsetune tracking callback")
+def make_searcher(spec: SearchSpec, optuna_url: str, study_name: str) -> FullBudgetOptunaSearch:
+    """Optuna's sampler behind Ray, with its study in the RDB storage (optuna-dashboard reads it;
+    only the driver writes it, so SQLite is enough)."""
+    storage = optuna.storages.RDBStorage(optuna_url)
+    return FullBudgetOptunaSearch(space=SpaceDefinition(spec), metric=spec.objective_names(),
+                                  mode=spec.objective_modes(), sampler=make_sampler(spec),
+                                  storage=storage, study_name=study_name)
 
 
-def _new_tuner(spec: SearchSpec, storage: str, search_id: str, callback: TrackingCallback) -> tune.Tuner:
-    searcher = FullBudgetOptunaSearch(space=SpaceDefinition(spec), metric=spec.objective_names(),
-                                      mode=spec.objective_modes(), sampler=make_sampler(spec))
-    if spec.scheduler:
-        s = spec.scheduler
-        scheduler = ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode, max_t=max_epochs(spec),
-                                  grace_period=s.grace_period, reduction_factor=s.reduction_factor)
-    else:
-        scheduler = FIFOScheduler()
+def make_scheduler(spec: SearchSpec):
+    """The trial scheduler the spec asks for (FIFO: every trial runs its full budget)."""
+    if spec.scheduler is None:
+        return FIFOScheduler()
+    s = spec.scheduler
+    return ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode, max_t=max_epochs(spec),
+                         grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+
+
+def _new_tuner(spec: SearchSpec, storage: str, search_id: str, callback: TrackingCallback, optuna_url: str,
+               budget: float | None) -> tune.Tuner:
+    searcher = ConcurrencyLimiter(make_searcher(spec, optuna_url, search_id), max_concurrent=spec.concurrency)
     tune_config = tune.TuneConfig(
-        search_alg=searcher, scheduler=scheduler, num_samples=spec.trials, max_concurrent_trials=spec.concurrency,
-        reuse_actors=True, trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
+        search_alg=_ResumableGenerator(searcher), scheduler=make_scheduler(spec), num_samples=spec.trials,
+        reuse_actors=True, trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+        time_budget_s=budget)
     run_config = tune.RunConfig(
         name=search_id, storage_path=storage, callbacks=[callback], verbose=0,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -421,26 +570,77 @@ def _new_tuner(spec: SearchSpec, storage: str, search_id: str, callback: Trackin
     return tune.Tuner(_trainable(spec), param_space=dict(spec.base), tune_config=tune_config, run_config=run_config)
 
 
+def _log_importances(tracker: Tracker, optuna_url: str, search_id: str, spec: SearchSpec,
+                     callback: TrackingCallback) -> None:
+    """Per-objective hyperparameter importances (Optuna's default evaluator) over the complete
+    trials, for the parameters every trial has, and per family for its own parameters."""
+    import warnings
+
+    study = optuna.load_study(study_name=search_id, storage=optuna_url)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    groups = {"all": done}
+    for family in spec.families:
+        groups[family] = [t for t in done if t.user_attrs.get("regularizer") == family]
+    out: dict[str, dict[str, float]] = {}
+    skipped = []
+    for group, trials in groups.items():
+        if len(trials) < 3:
+            continue
+        sub = optuna.create_study(directions=study.directions)
+        sub.add_trials(trials)
+        for i, name in enumerate(spec.objective_names()):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    values = optuna.importance.get_param_importances(sub, target=lambda t, i=i: t.values[i])
+            except (ValueError, RuntimeError) as e:  # e.g. no parameter shared by every trial
+                skipped.append(f"{group}/{name}: {e}")
+                continue
+            if values:
+                out[f"{group}/{name}"] = {k: float(v) for k, v in values.items()}
+    if out:
+        tracker.log_importances(out)
+    for line in skipped[:3]:
+        callback._say(f"  importances not computed for {line}")
+
+
 def _trial_name(trial) -> str:
     return f"{_family(trial)}_{trial.trial_id}"
 
 
+def _compares(spec: SearchSpec) -> str:
+    """The experiment's description: what its searches compare."""
+    families = ", ".join(spec.families) or (spec.base.get("regularizer") or {}).get("name", "one regularizer")
+    objectives = ", ".join(f"{o.metric} ({o.mode})" for o in spec.objectives)
+    data = (spec.base.get("data") or {}).get("name", "digits")
+    model = (spec.base.get("model") or {}).get("name", "mlp")
+    return (f"Multi-objective search (sparsetune) comparing structured-sparsity regularizers **{families}** "
+            f"on `{model}` / `{data}`: Pareto frontier of {objectives}. One parent run per search (its "
+            "description holds the frontier; `frontier.html` plots it), one child run per trial.")
+
+
 def _search_params(spec: SearchSpec) -> dict[str, Any]:
     return {"sampler": spec.sampler, "trials": spec.trials, "concurrency": spec.concurrency,
-            "objectives": ",".join(f"{o.metric}:{o.mode}" for o in spec.objectives),
             "families": ",".join(spec.families) or "-", "allocation": spec.allocation,
             "scheduler": spec.scheduler.type if spec.scheduler else "none", "seed": spec.seed,
             "resources": f"cpu={spec.resources.cpu:g},gpu={spec.resources.gpu:g}",
-            "checkpoint_every_s": spec.checkpoint_every_s}
+            "checkpoint_every_s": spec.checkpoint_every_s, "time_budget_s": spec.time_budget_s,
+            "reproducible": spec.reproducible}
 
 
 def _say_start(callback: TrackingCallback, spec: SearchSpec, search_id: str, storage: str, uri: str,
-               resumed: bool) -> None:
+               optuna_url: str, resumed: bool, budget: float | None) -> None:
     verb = "resuming" if resumed else "starting"
     callback._say(f"{verb} search {search_id}: {spec.trials} trials, {spec.concurrency} at a time, "
-                  f"sampler {spec.sampler}, families {', '.join(spec.families) or '-'}")
+                  f"sampler {spec.sampler}, families {', '.join(spec.families) or '-'}"
+                  + (f", time budget {_duration(budget)}" if budget else ""))
+    callback._say(f"  reproducible: {'yes (one trial at a time, no time budget)' if spec.reproducible else 'no: '}"
+                  + ("" if spec.reproducible else "with concurrency > 1 or a time budget, which trials finish "
+                     "first depends on the machine, and so does what the sampler suggests next"))
     callback._say(f"  Ray storage: {storage}/{search_id}")
     callback._say(f"  MLflow: {uri} (experiment {spec.name!r}); browse with: mlflow ui --backend-store-uri {uri}")
+    callback._say(f"  runs: {callback.tracker.url}")
+    callback._say(f"  Optuna study {search_id!r}: optuna-dashboard {optuna_url}")
     if spec.sampler == "nsga2" and len(spec.families) > 1:
         callback._say("  note: NSGA-II evolves only the parameters every trial shares; each family's own "
                       "parameters are sampled at random (use sampler: tpe to model them)")

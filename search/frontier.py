@@ -1,0 +1,150 @@
+"""The frontier of a search: objectives matrix, Pareto mask and hypervolume, in one place.
+
+The search's progress lines, the parent run's ``hypervolume`` metric and description,
+``sparsetune frontier`` and the plots all go through :meth:`Frontier.of`, so a search has one
+hypervolume, whoever prints it. The objectives (with their hypervolume references) are stored on
+the parent run as JSON (:func:`objectives_to_json`) and read back from there, never rebuilt from
+defaults.
+
+Pure: numpy, pydantic and the standard library only (no torch, ray or mlflow), so the
+``frontier`` and ``export`` commands start fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from . import pareto
+
+__all__ = ["Objective", "Frontier", "DENSE_REFERENCE", "objective_matrix", "objectives_to_json",
+           "objectives_from_json", "better"]
+
+# hypervolume reference of a "min" objective: the dense network's value (result.json key)
+DENSE_REFERENCE = {"params_nonzero": "params_total", "params_unique": "params_total",
+                   "weights_nonzero": "params_total", "flops_compact": "flops_dense",
+                   "flops_sparse": "flops_dense"}
+
+
+class Objective(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    metric: str
+    mode: Literal["max", "min"]
+    reference: float | None = None  # hypervolume reference; default: 0 for "max", the dense value
+
+    @field_validator("reference")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("the hypervolume reference must be finite")
+        return v
+
+
+def better(o: Objective) -> str:
+    """Which way is better, in words (axis titles, tables)."""
+    return "higher is better" if o.mode == "max" else "lower is better"
+
+
+def objectives_to_json(objectives: list[Objective]) -> str:
+    return json.dumps([o.model_dump() for o in objectives])
+
+
+def objectives_from_json(text: str) -> list[Objective]:
+    """Objectives as stored on a parent run: JSON, or the older ``metric:mode,...`` form (which
+    had no references: searches recorded before references were stored)."""
+    if text.lstrip().startswith("["):
+        return [Objective(**o) for o in json.loads(text)]
+    return [Objective(metric=m, mode=d) for m, d in (item.split(":") for item in text.split(","))]
+
+
+def objective_matrix(rows: list[dict], objectives: list[Objective]) -> tuple[np.ndarray, np.ndarray]:
+    """Objective values and hypervolume reference, normalised so searches compare.
+
+    A "min" objective with a dense counterpart (``params_nonzero`` -> ``params_total``,
+    ``flops_compact`` -> ``flops_dense``) and no explicit reference is divided by it: 1.0 is the
+    dense network, the reference. Other objectives keep their units; the reference is the
+    objective's ``reference`` or 0 for a "max" objective (accuracy). The hypervolume of the
+    default objectives is then in [0, 1].
+    """
+    values = np.full((len(rows), len(objectives)), np.nan)
+    reference = np.zeros(len(objectives))
+    for j, o in enumerate(objectives):
+        dense = DENSE_REFERENCE.get(o.metric) if o.mode == "min" and o.reference is None else None
+        reference[j] = 1.0 if dense else (o.reference if o.reference is not None else 0.0)
+        for i, row in enumerate(rows):
+            v = row.get(o.metric)
+            if v is None:
+                continue
+            values[i, j] = v / row[dense] if dense and row.get(dense) else v
+    return values, reference
+
+
+@dataclass
+class Frontier:
+    """The complete trials of one search, and which are Pareto-optimal."""
+
+    rows: list[dict]  # one per complete trial: run_id, trial_id, regularizer, metrics, param:...
+    objectives: list[Objective]
+    mask: np.ndarray
+    hypervolume: float
+    others: list[dict] = field(default_factory=list)  # pruned / failed trials (trials.csv only)
+
+    @classmethod
+    def of(cls, rows: list[dict], objectives: list[Objective], others: list[dict] | None = None) -> Frontier:
+        if not rows:
+            return cls(rows, objectives, np.zeros(0, bool), 0.0, list(others or []))
+        values, reference = objective_matrix(rows, objectives)
+        modes = [o.mode for o in objectives]
+        return cls(rows, objectives, pareto.nondominated_mask(values, modes),
+                   pareto.hypervolume(values, modes, reference), list(others or []))
+
+    @property
+    def points(self) -> list[dict]:
+        """Pareto-optimal rows, best first objective first."""
+        first = self.objectives[0]
+        chosen = [r for r, keep in zip(self.rows, self.mask) if keep]
+        return sorted(chosen, key=lambda r: r.get(first.metric, 0), reverse=first.mode == "max")
+
+    @property
+    def ranked(self) -> list[dict]:
+        """Every complete row with its ``pareto`` flag: the frontier first, then the others,
+        each by the first objective."""
+        first = self.objectives[0]
+        flagged = [{**r, "pareto": bool(k)} for r, k in zip(self.rows, self.mask)]
+        sign = -1.0 if first.mode == "max" else 1.0
+        return sorted(flagged, key=lambda r: (not r["pareto"], _num(r.get(first.metric), sign)))
+
+    def columns(self) -> list[str]:
+        metrics = [o.metric for o in self.objectives]
+        extra = ["test_accuracy", "params_total", "params_unique", "sparsity", "flops_dense"]
+        rows = self.rows + self.others
+        keys = sorted({k for r in rows for k in r if k.startswith("param:")})
+        params = [k for k in keys if len({str(r.get(k)) for r in rows}) > 1]  # what the search varied
+        return ["trial_id", "regularizer", "state", "pareto", *metrics,
+                *[e for e in extra if e not in metrics], "run_id", "cause", *params]
+
+    def to_csv(self, only_pareto: bool = False) -> str:
+        """``trials.csv`` (every trial: the frontier first, then the other complete ones, then
+        pruned and failed ones) or, with ``only_pareto``, ``frontier.csv``."""
+        rows = [{"state": "complete", **r} for r in self.ranked if r["pareto"] or not only_pareto]
+        if not only_pareto:
+            rows += [{**r, "pareto": False} for r in self.others]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=self.columns(), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+
+
+def _num(value: Any, sign: float) -> float:
+    """A sort key: ``sign * value``, missing values last."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return sign * float(value) if ok else math.inf
