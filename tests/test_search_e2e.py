@@ -61,13 +61,17 @@ def mlflow_runs(tmp_path: Path, name: str = "tiny"):
 
 
 def optuna_study(outcome):
-    [state] = sorted(Path(outcome.path).glob("searcher-state-*.pkl"))[-1:]
-    with open(state, "rb") as f:
-        return pickle.load(f)["_ot_study"]
+    """The study as optuna-dashboard sees it: from the RDB storage, not from Ray's pickle."""
+    import optuna
+
+    return optuna.load_study(study_name=outcome.search_id, storage=outcome.optuna_storage)
 
 
-def test_search_end_to_end(ray_session, tmp_path, monkeypatch):
-    spec, outcome = run(tiny(tmp_path))
+def test_search_end_to_end(ray_session, tmp_path, monkeypatch, capsys):
+    spec_dict = tiny(tmp_path)
+    spec_dict["objectives"] = [{"metric": "val_accuracy", "mode": "max", "reference": 0.33},
+                               {"metric": "params_nonzero", "mode": "min"}, {"metric": "flops_compact", "mode": "min"}]
+    spec, outcome = run(spec_dict)
     assert outcome.complete
     client, parents, children = mlflow_runs(tmp_path)
 
@@ -82,7 +86,7 @@ def test_search_end_to_end(ray_session, tmp_path, monkeypatch):
             assert key in c.data.metrics
         assert c.data.params["regularizer/name"] == c.data.tags[f"{TAG}.regularizer"]
         history = client.get_metric_history(c.info.run_id, "val_accuracy")
-        assert sorted(m.step for m in history) == [1, 2, 3]
+        assert sorted(m.step for m in history) == [1, 2, 3]  # each epoch once
         assert {a.path for a in client.list_artifacts(c.info.run_id)} >= {"config.yaml", "result.json",
                                                                            "compact_model.pt"}
     # conditional space: GrOWL's knobs never on a CGES trial and vice versa
@@ -101,10 +105,21 @@ def test_search_end_to_end(ray_session, tmp_path, monkeypatch):
     assert sorted(m.step for m in hv) == [1, 2, 3, 4, 5, 6]
     dense = np.array([children[0].data.metrics["params_total"], children[0].data.metrics["flops_dense"]])
     normalised = np.column_stack([values[:, 0], values[:, 1] / dense[0], values[:, 2] / dense[1]])
-    expected = pareto.hypervolume(normalised, modes, [0.0, 1.0, 1.0])
+    expected = pareto.hypervolume(normalised, modes, [0.33, 1.0, 1.0])
     assert max(hv, key=lambda m: m.step).value == pytest.approx(expected)
     assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {
-        "pareto.csv", "frontier_params.png", "frontier_flops.png", "spec.yaml"}
+        "trials.csv", "frontier.csv", "frontier.html", "frontier_params.png", "frontier_flops.png", "spec.yaml",
+        "importances.json"}
+    # one hypervolume: the metric, the parent's description, the outcome and `sparsetune frontier`
+    last = max(hv, key=lambda m: m.step).value
+    assert outcome.frontier.hypervolume == last
+    note = client.get_run(parents[0].info.run_id).data.tags["mlflow.note.content"]
+    assert f"**Hypervolume:** {last:.4f}" in note and note.count("](#/experiments/") == int(mask.sum())
+    html = Path(client.download_artifacts(parents[0].info.run_id, "frontier.html", str(tmp_path / "h"))).read_text()
+    assert "Pareto-optimal" in html and "higher is better" in html and "cges" in html
+    trials_csv = Path(client.download_artifacts(parents[0].info.run_id, "trials.csv", str(tmp_path / "t"))).read_text()
+    flags = [line.split(",")[3] for line in trials_csv.splitlines()[1:]]
+    assert flags == sorted(flags, key=lambda f: f != "True") and flags.count("True") == int(mask.sum())
     # the study stayed multi-objective, and what Optuna was told matches MLflow
     study = optuna_study(outcome)
     assert len(study.directions) == 3
@@ -123,6 +138,9 @@ def test_search_end_to_end(ray_session, tmp_path, monkeypatch):
     rerun = json.loads((tmp_path / "rerun/result.json").read_text())
     index = {row.split(",")[0]: row for row in (tmp_path / "exp/index.csv").read_text().splitlines()[1:]}
     original = next(c for c in children if c.data.tags[f"{TAG}.trial_id"] in chosen.name)
+    capsys.readouterr()
+    assert main(["frontier", "--experiment", "tiny", "--tracking-uri", uri]) == 0
+    assert f"hypervolume {last:.4f}" in capsys.readouterr().out
     assert rerun["params_nonzero"] == original.data.metrics["params_nonzero"]
     assert rerun["flops_compact"] == original.data.metrics["flops_compact"]
     assert rerun["val_accuracy"] == pytest.approx(original.data.metrics["val_accuracy"], abs=0.005)
@@ -160,7 +178,8 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
 
 
 def test_interrupted_search_resumes_without_loss_or_duplicates(tmp_path):
-    spec_dict = tiny(tmp_path, trials=6, concurrency=1)
+    # checkpoints only at the end: an interrupted trial starts over and reports its epochs again
+    spec_dict = tiny(tmp_path, trials=6, concurrency=1, checkpoint_every_s=1e6)
     spec_dict["base"]["optim"]["epochs"] = 6
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec_dict))
@@ -181,6 +200,7 @@ def test_interrupted_search_resumes_without_loss_or_duplicates(tmp_path):
     out, _ = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, out[-3000:]
     assert "resuming search" in out
+    assert "optuna-dashboard sqlite:///" in out
 
     client, parents, children = mlflow_runs(tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -189,7 +209,7 @@ def test_interrupted_search_resumes_without_loss_or_duplicates(tmp_path):
     for c in children:
         assert c.info.status == "FINISHED" and c.data.tags[f"{TAG}.state"] == "complete"
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "train_loss")]
-        assert sorted(set(steps)) == [1, 2, 3, 4, 5, 6]  # every epoch recorded
+        assert sorted(steps) == [1, 2, 3, 4, 5, 6]  # every epoch recorded, once
     # the trials finished before the interruption were not run again
     progress = re.compile(r"^\[\s*\d+/6\] \S+\s+(\w+) ")
     finished_first = [m.group(1) for m in map(progress.match, "".join(seen).splitlines()) if m]
@@ -200,3 +220,71 @@ def test_interrupted_search_resumes_without_loss_or_duplicates(tmp_path):
     assert sorted(finished_first + finished_after) == sorted(trial_ids)
     hv = client.get_metric_history(parents[0].info.run_id, "hypervolume")
     assert max(m.step for m in hv) == 6
+    # the Optuna study lives on in the RDB storage: every trial, told once
+    import optuna
+
+    study = optuna.load_study(study_name=parents[0].info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
+
+
+def test_relative_data_path_is_resolved_where_the_search_starts(ray_session, tmp_path, monkeypatch):
+    """Ray runs trials in their own directories: a relative path in the spec means the directory
+    the search was started from (here not the directory Ray was started from)."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 6))
+    y = (X[:, 0] > 0).astype(int)
+    (tmp_path / "data").mkdir()
+    rows = ["a,b,c,d,e,f,label"] + [",".join(f"{v:.4f}" for v in x) + f",{t}" for x, t in zip(X, y)]
+    (tmp_path / "data" / "table.csv").write_text("\n".join(rows) + "\n")
+    monkeypatch.chdir(tmp_path / "data")
+    spec_dict = tiny(tmp_path, trials=2, concurrency=1)
+    spec_dict["base"]["data"] = {"name": "arrays", "path": "table.csv", "target": "label"}
+    spec_dict["base"]["optim"]["epochs"] = 1
+    spec, outcome = run(spec_dict)
+    assert outcome.complete and not outcome.failures
+    _, _, children = mlflow_runs(tmp_path)
+    assert [c.data.tags[f"{TAG}.state"] for c in children] == ["complete", "complete"]
+    assert {c.data.params["data/path"] for c in children} == {str(tmp_path / "data" / "table.csv")}
+
+
+def test_all_failed_search_exits_1_with_one_line_per_cause_and_no_retry(ray_session, tmp_path, monkeypatch, capsys):
+    """A deterministic failure (unreadable data) is recorded at once, not retried from a
+    checkpoint; a search where no trial completed exits non-zero and says why, once per cause."""
+    from test_faults import corrupt_npz
+
+    spec_dict = tiny(tmp_path, trials=3, concurrency=1, max_failures=2)
+    spec_dict["base"]["data"] = {"name": "arrays", "path": str(corrupt_npz(tmp_path / "bad.npz"))}
+    spec_dict["base"]["optim"]["epochs"] = 1
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec_dict))
+    monkeypatch.chdir(tmp_path)
+    assert main(["search", str(path), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "3 of 3 trials failed:" in err
+    cause_lines = [line for line in err.splitlines() if line.startswith("  3 × ")]
+    assert len(cause_lines) == 1, err
+    assert "no trial completed" in err and "export it with" not in err
+    client, parents, children = mlflow_runs(tmp_path)
+    assert len(children) == 3
+    for c in children:
+        assert c.info.status == "FAILED" and c.data.tags[f"{TAG}.state"] == "failed"
+        assert f"{TAG}.last_retry_error" not in c.data.tags  # never retried
+        error = Path(client.download_artifacts(c.info.run_id, "error.txt", str(tmp_path / c.info.run_id))).read_text()
+        assert error.count("Traceback (most recent call last)") == 1
+    note = parents[0].data.tags["mlflow.note.content"]
+    assert "**Failures** (3 trials)" in note and cause_lines[0].strip()[len("3 × "):] in note
+
+
+def test_same_spec_and_seed_give_the_same_search_with_concurrency_1(ray_session, tmp_path):
+    def trials(folder: Path):
+        folder.mkdir()
+        spec_dict = tiny(folder, trials=5, concurrency=1)
+        spec_dict["base"]["optim"]["epochs"] = 2
+        spec_dict["space"] = {"optim/lr": {"type": "loguniform", "low": 0.02, "high": 0.3}}
+        spec, outcome = run(spec_dict)
+        assert spec.reproducible and outcome.complete
+        study = optuna_study(outcome)
+        return [(t.user_attrs["regularizer"], t.params, t.values) for t in study.trials]
+
+    first, second = trials(tmp_path / "a"), trials(tmp_path / "b")
+    assert len(first) == 5 and first == second

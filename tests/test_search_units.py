@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import copy
+import csv
+import io
 import math
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -128,9 +133,19 @@ def test_pareto_tags_follow_the_frontier(tmp_path):
     assert [m.step for m in hv] == [1, 2, 3]
     final = tracker.finish()
     names = {a.path for a in client.list_artifacts(tracker.parent_id)}
-    assert {"pareto.csv", "frontier_params.png", "spec.yaml"} <= names
+    assert {"trials.csv", "frontier.csv", "frontier.html", "frontier_params.png", "spec.yaml"} <= names
+    assert "pareto.csv" not in names
     assert client.get_run(tracker.parent_id).info.status == "FINISHED"
     assert final.hypervolume == f3.hypervolume
+    # trials.csv: every trial, the frontier first; frontier.csv: the frontier only
+    trials = list(csv.DictReader(io.StringIO(final.to_csv())))
+    assert [(r["trial_id"], r["pareto"]) for r in trials] == [("b", "True"), ("c", "True"), ("a", "False")]
+    assert [r["trial_id"] for r in csv.DictReader(io.StringIO(final.to_csv(only_pareto=True)))] == ["b", "c"]
+    # the description: the frontier table linking to the child runs, and the same hypervolume
+    note = client.get_run(tracker.parent_id).data.tags["mlflow.note.content"]
+    assert f"**Hypervolume:** {final.hypervolume:.4f}" in note
+    assert f"(#/experiments/{tracker.experiment_id}/runs/{run_b})" in note
+    assert "`val_accuracy` (max: higher is better)" in note
 
 
 def test_failed_and_pruned_trials_are_recorded_and_never_on_the_frontier(tmp_path):
@@ -185,3 +200,113 @@ def test_frontier_figure_draws_every_trial_rings_the_frontier_and_merges_coincid
     assert {"l1", "cges", "growl", "Pareto-optimal (all objectives)"} <= families
     ringed = [c for c in ax.collections if c.get_label() == "Pareto-optimal (all objectives)"]
     assert len(ringed) == 1 and len(ringed[0].get_offsets()) == 3
+
+
+def test_repeated_epochs_are_written_once(tmp_path):
+    """A trial retried or resumed from an older checkpoint reports epochs again: each is kept once,
+    also by a tracker that found the run again after a restore."""
+    tracker = _tracker(tmp_path)
+    run = tracker.run_for("t", "cges_t", "cges", {"regularizer": {"name": "cges"}})
+    for epoch in (1, 2, 3, 4):
+        tracker.log_result(run, {"epoch": epoch, "train_loss": 1.0 / epoch})
+    for epoch in (3, 4, 5):  # the worker died after epoch 4; the checkpoint was at epoch 2
+        tracker.log_result(run, {"epoch": epoch, "train_loss": 1.0 / epoch})
+    tracker.flush()
+    restored = pickle.loads(pickle.dumps(tracker))  # the driver restarted (--resume)
+    assert restored.run_for("t", "cges_t", "cges", {}) == run
+    for epoch in (4, 5, 6):
+        restored.log_result(run, {"epoch": epoch, "train_loss": 1.0 / epoch, "final": 1.0 * (epoch == 6),
+                                  **({"test_accuracy": 0.9} if epoch == 6 else {})})
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    steps = [m.step for m in client.get_metric_history(run, "train_loss")]
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]
+    assert [m.step for m in client.get_metric_history(run, "test_accuracy")] == [6]
+
+
+def test_one_hypervolume_with_a_reference_everywhere(tmp_path, monkeypatch, capsys):
+    """The search's metric, the parent's description and `sparsetune frontier` agree, also with an
+    explicit reference (which `frontier` used to drop)."""
+    from search.cli import main
+
+    objectives = [Objective(metric="val_accuracy", mode="max", reference=0.33),
+                  Objective(metric="params_nonzero", mode="min")]
+    tracker = Tracker(f"sqlite:///{tmp_path}/m.db", "exp", "exp-1", objectives, "name: exp\n", {"trials": 3})
+    for trial, acc, params in (("a", 0.9, 500.0), ("b", 0.5, 100.0), ("c", 0.3, 10.0)):
+        _finish(tracker, trial, acc, params)
+    final = tracker.finish()
+    assert final.hypervolume == pytest.approx((0.9 - 0.33) * (1 - 0.5) + (0.5 - 0.33) * (0.5 - 0.1))
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    [metric] = [m for m in client.get_metric_history(tracker.parent_id, "hypervolume") if m.step == 3]
+    assert metric.value == final.hypervolume
+    assert f"{final.hypervolume:.4f}" in client.get_run(tracker.parent_id).data.tags["mlflow.note.content"]
+    monkeypatch.chdir(tmp_path)
+    assert main(["frontier", "--experiment", "exp", "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert f"hypervolume {final.hypervolume:.4f}" in out
+    assert "pareto" in out
+
+
+def test_frontier_and_export_load_neither_torch_nor_ray(tmp_path):
+    tracker = _tracker(tmp_path)
+    _finish(tracker, "a", 0.9, 10.0)
+    tracker.finish()
+    code = ("import sys; from search.cli import main; "
+            f"rc = main(['frontier', '--experiment', 'exp', '--tracking-uri', 'sqlite:///{tmp_path}/m.db']); "
+            "heavy = sorted(m for m in ('torch', 'ray', 'trainables', 'optuna') if m in sys.modules); "
+            "print('LOADED', heavy, rc)")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert "LOADED [] 0" in out.stdout, out.stdout + out.stderr
+
+
+def test_frontier_of_a_missing_store_exits_2_without_traceback(tmp_path, monkeypatch, capsys):
+    from search.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["frontier", "--experiment", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "--tracking-uri: no MLflow store there" in err and "Traceback" not in err
+
+
+def test_relative_paths_in_a_spec_are_resolved_from_where_the_search_starts(tmp_path, monkeypatch):
+    """Every value that the config treats as a path (base, family constants, categorical
+    choices) is made absolute on the driver; other strings are left alone."""
+    from search.spec import resolve_paths
+
+    (tmp_path / "a.csv").write_text("x,label\n1,0\n2,1\n3,0\n4,1\n5,0\n6,1\n7,0\n8,1\n9,0\n10,1\n")
+    (tmp_path / "b.csv").write_text((tmp_path / "a.csv").read_text())
+    monkeypatch.chdir(tmp_path)
+    s = SearchSpec.model_validate({
+        "name": "p", "trials": 2,
+        "base": {"data": {"name": "arrays", "path": "a.csv", "target": "label"}, "model": {"name": "mlp"}},
+        "space": {"data/path": {"type": "categorical", "choices": ["a.csv", "./b.csv"]}},
+        "regularizers": {"l1": {"lam": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+                         "cges": {"lam": 1e-3, "data/path": "b.csv"}}})
+    out = resolve_paths(s)
+    assert out.base["data"] == {"name": "arrays", "path": str(tmp_path / "a.csv"), "target": "label"}
+    assert out.space["data/path"].choices == [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")]
+    assert out.regularizers["cges"]["data/path"] == str(tmp_path / "b.csv")
+    assert out.regularizers["l1"]["lam"] == s.regularizers["l1"]["lam"]
+    assert resolve_paths(out) == out  # idempotent: nothing relative is left
+
+
+def test_private_ray_attributes_we_rely_on_still_exist():
+    """search/tune.py's "Ray internals" section and FullBudgetOptunaSearch use these; a Ray or
+    Optuna upgrade that renames them must fail here, loudly, not in a user's search."""
+    import inspect
+
+    from ray.tune.impl.tuner_internal import TunerInternal
+
+    from search.tune import _ResumableGenerator
+
+    sr = searcher(spec())
+    assert hasattr(sr, "_ot_study") and hasattr(sr, "_ot_trials") and hasattr(sr, "_completed_trials")
+    # a search stopped by its time budget is marked finished and saved so; resumed, it goes on
+    generator = _ResumableGenerator(sr)
+    generator.set_finished()
+    state = {**generator.get_state(), "total_samples": 4}
+    reopened = _ResumableGenerator(searcher(spec()))
+    reopened.set_state(state)
+    assert state["finished"] and not reopened.is_finished()
+    assert "_tune_config" in inspect.getsource(TunerInternal.__init__)
+    assert "def get_run_config" in inspect.getsource(TunerInternal)
