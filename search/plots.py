@@ -84,7 +84,8 @@ def frontier_figure(frontier: Frontier, x: str, y: str, extra: list[dict] | None
     if len(xs) and np.nanmax(xs) > 50 * max(np.nanmin(xs), 1):
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
 
