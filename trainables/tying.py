@@ -24,11 +24,10 @@ from sklearn.cluster import AffinityPropagation
 from sklearn.exceptions import ConvergenceWarning
 
 from .groups import from_groups, to_groups
+from .prox import ZERO_ROW_NORM  # rows at or below it are pruned: one definition, in prox
 
 __all__ = ["similarity", "cluster_rows", "LayerTying", "find_ties", "tie_", "ZERO_ROW_NORM"]
 
-# Rows with a norm at or below float32's epsilon count as pruned (the GrOWL MNIST code's rule).
-ZERO_ROW_NORM = float(np.finfo(np.float32).eps)
 
 
 def similarity(G: torch.Tensor) -> np.ndarray:
