@@ -168,6 +168,9 @@ def test_tying_retrains_with_tied_rows_and_reports_sharing():
             torch.testing.assert_close(rows, rows[:1].expand_as(rows))  # still tied after retraining
     assert result.metrics["param_sharing"] > 1.0
     assert result.metrics["tying"] == [t.summary() for t in result.ties]
+    assert all("converged" in t and t["damping"] >= 0.9 for t in result.metrics["tying"])
+    assert result.metrics["tying_layers"] == len(result.ties) == 2
+    assert result.metrics["tying_converged_layers"] == sum(t.converged for t in result.ties) >= len(tied)
 
 
 def test_evaluate_matches_manual_accuracy():

@@ -190,7 +190,8 @@ class _Trainer:
         t = self.cfg.tying
         self.ties = find_ties([(l.name, l.module, l.grouping) for l in self.layers],
                               preference=t.preference, damping=t.damping,
-                              max_cluster_ratio=t.max_cluster_ratio)
+                              max_cluster_ratio=t.max_cluster_ratio, max_iter=t.max_iter,
+                              convergence_iter=t.convergence_iter, retries=t.retries)
         self._tie()
         # retraining: same optimizer family, constant learning rate, no prox (GrOWL §4)
         self.optimizer = _make_optimizer(self.cfg, self.model.parameters(), t.retrain_lr)
@@ -269,6 +270,9 @@ class _Trainer:
                 info["regularizer"] = {p: getattr(reg, p) for p in reg.params}
         if self.ties is not None:
             final["tying"] = [t.summary() for t in self.ties]
+            # numbers, so the tracker logs them: a search shows where tying silently did nothing
+            final["tying_layers"] = len(self.ties)
+            final["tying_converged_layers"] = sum(t.converged for t in self.ties)
         return final, small
 
     # -- checkpoints ------------------------------------------------------------------------------
