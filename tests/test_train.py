@@ -173,6 +173,16 @@ def test_tying_retrains_with_tied_rows_and_reports_sharing():
     assert result.metrics["tying_converged_layers"] == sum(t.converged for t in result.ties) >= len(tied)
 
 
+def test_flops_estimate_per_epoch_bounds_the_compact_count():
+    """The per-epoch FLOPs estimate (what MO-ASHA ranks by) is the dense count while nothing is
+    zero and never below the exact compacted count at the end."""
+    dense = fit(small({"name": "none"}, optim={"epochs": 1}))
+    assert dense.history[-1]["flops_estimate"] == dense.metrics["flops_dense"]
+    sparse = fit(small({"name": "group_lasso", **STRONG["group_lasso"]}))
+    estimates = [h["flops_estimate"] for h in sparse.history]
+    assert sparse.metrics["flops_compact"] <= estimates[-1] < sparse.metrics["flops_dense"], estimates
+
+
 def test_evaluate_matches_manual_accuracy():
     from trainables.data import load
 
