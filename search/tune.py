@@ -405,8 +405,13 @@ def _callback_of(tuner: tune.Tuner) -> TrackingCallback:
 def _new_tuner(spec: SearchSpec, storage: str, search_id: str, callback: TrackingCallback) -> tune.Tuner:
     searcher = FullBudgetOptunaSearch(space=SpaceDefinition(spec), metric=spec.objective_names(),
                                       mode=spec.objective_modes(), sampler=make_sampler(spec))
-    if spec.scheduler:
-        s = spec.scheduler
+    s = spec.scheduler
+    if s and s.type == "moasha":  # stops are recorded as PRUNED like ASHA's: the last report is not final
+        from .schedulers import MOASHAScheduler
+
+        scheduler = MOASHAScheduler([(o.metric, o.mode) for o in spec.objectives], max_t=s.max_t or max_epochs(spec),
+                                    grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    elif s:
         scheduler = ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode, max_t=max_epochs(spec),
                                   grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     else:
