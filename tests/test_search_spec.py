@@ -137,3 +137,12 @@ def test_tracking_uri_made_absolute(tmp_path, monkeypatch):
     assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path}/mlflow.db"
     assert resolve_tracking_uri("sqlite:///rel/x.db") == f"sqlite:///{tmp_path}/rel/x.db"
     assert resolve_tracking_uri("http://head:5000") == "http://head:5000"
+
+
+def test_scheduler_defaults_per_type():
+    from search.spec import Scheduler
+
+    asha = Scheduler.model_validate({"type": "asha"})
+    assert (asha.metric, asha.mode, asha.max_t) == ("val_accuracy", "max", None)
+    moasha = Scheduler.model_validate({"type": "moasha", "grace_period": 2, "reduction_factor": 2.0, "max_t": 8})
+    assert (moasha.metric, moasha.mode, moasha.max_t, moasha.grace_period) == (None, None, 8, 2)
