@@ -134,23 +134,41 @@ class Resources(_Strict):
 
 
 class Scheduler(_Strict):
-    """ASHA on one per-epoch metric. Trials it stops early are told to Optuna as PRUNED and never
-    reach the frontier (multi-objective Optuna cannot prune; ecosystem.md §1.2)."""
+    """Early stopping; trials it stops are told to Optuna as PRUNED and never reach the frontier
+    (multi-objective Optuna cannot prune; ecosystem.md §1.2).
 
-    type: Literal["asha"] = "asha"
-    metric: str = "val_accuracy"
-    mode: Literal["max", "min"] = "max"
+    - ``asha``: ASHA on one per-epoch ``metric`` (default ``val_accuracy``, ``max``).
+    - ``moasha``: multi-objective ASHA (``search/schedulers.py``) on the spec's ``objectives``,
+      each read every epoch through its per-epoch counterpart; ``max_t`` is the full budget in
+      epochs (default: the most epochs a trial of the spec runs), rungs lie below it.
+    """
+
+    type: Literal["asha", "moasha"] = "asha"
+    metric: str | None = None
+    mode: Literal["max", "min"] | None = None
     grace_period: int = 1
     reduction_factor: float = 3.0
+    max_t: int | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Scheduler:
-        if self.metric not in EPOCH_METRICS:
-            raise ValueError(f"the scheduler needs a per-epoch metric {list(EPOCH_METRICS)}, got {self.metric!r}")
+        if self.type == "asha":
+            if self.max_t is not None:
+                raise ValueError(f"`max_t` is for moasha (ASHA runs to the trials' epochs), got max_t={self.max_t!r}")
+            object.__setattr__(self, "metric", self.metric or "val_accuracy")
+            object.__setattr__(self, "mode", self.mode or "max")
+            if self.metric not in EPOCH_METRICS:
+                raise ValueError(f"the scheduler needs a per-epoch metric {list(EPOCH_METRICS)}, got {self.metric!r}")
+        elif self.metric is not None or self.mode is not None:
+            raise ValueError("moasha ranks trials by the spec's `objectives`; remove scheduler.metric/mode "
+                             f"(got metric={self.metric!r}, mode={self.mode!r})")
         if self.grace_period < 1:
             raise ValueError(f"`grace_period >= 1` must hold, but got {self.grace_period!r}")
         if not (math.isfinite(self.reduction_factor) and self.reduction_factor > 1):
             raise ValueError(f"`reduction_factor > 1` must hold, but got {self.reduction_factor!r}")
+        if self.max_t is not None and self.max_t <= self.grace_period:
+            raise ValueError(f"`max_t > grace_period` must hold, but got max_t={self.max_t!r}, "
+                             f"grace_period={self.grace_period!r}")
         return self
 
 
@@ -381,6 +399,7 @@ def validate_spec(spec: SearchSpec, source: str | None = None) -> None:
         raise SpecError(problems, source)
     from trainables import check_config
 
+    epochs = 1  # the most epochs a trial runs (training + retraining): the scheduler's budget
     for family, data, where in candidate_configs(spec):
         try:
             cfg = TrialConfig.from_dict(data)
@@ -392,6 +411,10 @@ def validate_spec(spec: SearchSpec, source: str | None = None) -> None:
         if "val_accuracy" in spec.objective_names() + ([spec.scheduler.metric] if spec.scheduler else []) \
                 and cfg.data.val_fraction == 0:
             problems.append(("base.data.val_fraction", "val_accuracy is an objective, so it must be > 0", 0.0))
+        epochs = max(epochs, cfg.optim.epochs + (cfg.tying.retrain_epochs if cfg.tying.enabled else 0))
+    if spec.scheduler is not None and not problems and spec.scheduler.grace_period >= (spec.scheduler.max_t or epochs):
+        problems.append(("scheduler.grace_period", f"must be below the trials' epochs ({epochs}) "
+                                                   "(or scheduler.max_t): no trial could be stopped", spec.scheduler.grace_period))
     if problems:
         raise SpecError(problems[:1] if len(problems) > 5 else problems, source)
 
@@ -464,6 +487,13 @@ def _check_structure(spec: SearchSpec, problems: list) -> None:
             problems.append((f"objectives.{i}.reference", "give a hypervolume reference for this objective", None))
     if len(set(names)) != len(names):
         problems.append(("objectives", "an objective is listed twice", names))
+    if spec.scheduler is not None and spec.scheduler.type == "moasha":
+        from .schedulers import EPOCH_OBJECTIVE  # imports Ray, so only for moasha specs
+
+        for i, o in enumerate(spec.objectives):
+            if o.metric in RESULT_METRICS and o.metric not in EPOCH_OBJECTIVE:
+                problems.append((f"objectives.{i}.metric", "scheduler moasha needs objectives with a per-epoch "
+                                                           f"counterpart; valid: {sorted(EPOCH_OBJECTIVE)}", o.metric))
     if spec.tracking_uri is not None:
         try:
             resolve_tracking_uri(spec.tracking_uri)

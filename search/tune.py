@@ -549,9 +549,14 @@ def make_searcher(spec: SearchSpec, optuna_url: str, study_name: str) -> FullBud
 
 def make_scheduler(spec: SearchSpec):
     """The trial scheduler the spec asks for (FIFO: every trial runs its full budget)."""
-    if spec.scheduler is None:
-        return FIFOScheduler()
     s = spec.scheduler
+    if s is None:
+        return FIFOScheduler()
+    if s.type == "moasha":  # stops are recorded as PRUNED like ASHA's: the last report is not final
+        from .schedulers import MOASHAScheduler
+
+        return MOASHAScheduler([(o.metric, o.mode) for o in spec.objectives], max_t=s.max_t or max_epochs(spec),
+                               grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     return ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode, max_t=max_epochs(spec),
                          grace_period=s.grace_period, reduction_factor=s.reduction_factor)
 

@@ -19,6 +19,8 @@ import torch
 from scipy.optimize import minimize
 
 from trainables.prox import (
+    FLUSH_BELOW,
+    ZERO_ROW_NORM,
     cges_step,
     growl_weights,
     prox_exclusive_lasso,
@@ -366,6 +368,24 @@ def test_dtype_kept_and_input_not_modified(dtype):
     v = W[:, 0].clone()
     assert prox_owl(v, torch.full((6,), 0.1, dtype=dtype)).dtype == dtype
     torch.testing.assert_close(W, before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_every_prox_flushes_subnormals_and_vanishing_rows(dtype):
+    """Zero thresholds: entries below float32's smallest normal and rows with a norm at most
+    float32's epsilon come out exactly 0.0; everything else is untouched (the prox at t = 0)."""
+    W = torch.tensor([[0.5, 1e-40, -3e-39], [1e-8, -2e-8, 0.0], [0.2, -0.3, 1e-30]], dtype=dtype)
+    kept = torch.tensor([[0.5, 0, 0], [0, 0, 0], [0.2, -0.3, 1e-30]], dtype=dtype)
+    zero3 = torch.zeros(3, dtype=dtype)
+    for out in (prox_group_lasso(W, 0.0), prox_exclusive_lasso(W, 0.0), cges_step(W, 0.0, 0.0),
+                prox_growl(W, zero3)):
+        torch.testing.assert_close(out, kept, rtol=0, atol=0)
+    # element-wise operators have no groups: only the subnormals go
+    elementwise = W.clone()
+    elementwise[0, 1:] = 0
+    torch.testing.assert_close(prox_l1(W, 0.0), elementwise, rtol=0, atol=0)
+    torch.testing.assert_close(prox_owl(W[0], zero3), elementwise[0], rtol=0, atol=0)
+    assert FLUSH_BELOW == torch.finfo(torch.float32).tiny and ZERO_ROW_NORM == torch.finfo(torch.float32).eps
 
 
 def test_float32_close_to_float64():

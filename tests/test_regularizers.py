@@ -95,6 +95,28 @@ class TestContract:
                 assert best <= 0.5 * (Z - V).pow(2).sum() + step * reg.penalty(Z) + 1e-12
 
 
+@pytest.mark.parametrize("key", [k for k in INSTANCES if k != "none"])
+def test_weights_without_gradient_reach_exact_zero(key):
+    """Proximal steps on entries that get no gradient end at exactly 0.0, never at a subnormal.
+
+    Column 0 is kept alive (a 'gradient' resets it to 1 every step); column 1 is a dead unit
+    inside live groups, which group operators shrink by a factor < 1 per step; row 3 is a lone
+    entry with no gradient, which the exclusive threshold and the l2 prox shrink geometrically.
+    Without the flush these decay to float32 subnormals and stay there (1.4e-45 * f rounds back
+    to 1.4e-45), counted as non-zero."""
+    reg = make(key)
+    W = torch.zeros(4, 3)
+    W[:3, 1] = 0.5
+    W[3, 0] = 0.5
+    tiny = torch.finfo(torch.float32).tiny
+    for _ in range(1500):
+        W[:3, 0] = 1.0
+        W = reg.prox(W, 0.5)
+        nonzero = W[W != 0].abs()
+        assert not (nonzero < tiny).any(), f"subnormal left: {nonzero.min().item()!r}"
+    assert (W[:3, 1] == 0).all() and (W[3] == 0).all(), W
+
+
 def test_growl_penalty_sorts_rows():
     reg = get_regularizer("growl")(p=1.0, lambda1=0.0, lambda2=1.0)  # weights [n, n-1, ..., 1]
     W = torch.tensor([[1.0, 0.0], [0.0, 3.0], [2.0, 0.0]], dtype=torch.float64)

@@ -171,6 +171,34 @@ def test_scheduler_stopped_trials_are_pruned_not_on_frontier(ray_session, tmp_pa
     assert {r["trial_id"] for r in outcome.frontier.rows} == {c.data.tags[f"{TAG}.trial_id"] for c in complete}
 
 
+def test_moasha_prunes_dominated_trials_on_digits(ray_session, tmp_path):
+    """MO-ASHA on the spec's objectives: stopped trials are PRUNED in Optuna, tagged pruned in
+    MLflow, and never on the frontier, which holds exactly the complete trials' optimum."""
+    spec_dict = tiny(tmp_path, trials=6, concurrency=1,
+                     objectives=[{"metric": "val_accuracy", "mode": "max"}, {"metric": "params_nonzero", "mode": "min"}],
+                     scheduler={"type": "moasha", "grace_period": 1, "reduction_factor": 2})
+    spec_dict["base"]["optim"]["epochs"] = 4
+    spec_dict["space"] = {"optim/lr": {"type": "loguniform", "low": 1e-3, "high": 0.3}}
+    spec, outcome = run(spec_dict)
+    assert outcome.complete
+    _, _, children = mlflow_runs(tmp_path)
+    pruned = [c for c in children if c.data.tags[f"{TAG}.state"] == "pruned"]
+    complete = [c for c in children if c.data.tags[f"{TAG}.state"] == "complete"]
+    assert len(children) == 6 and pruned and complete
+    assert all(c.info.status == "KILLED" and c.data.tags[f"{TAG}.pareto"] == "false" for c in pruned)
+    assert all(int(c.data.tags[f"{TAG}.pruned_at_epoch"]) in (1, 2) for c in pruned)  # rungs below max_t 4
+    # the per-epoch objectives it ranked by were logged for every trial
+    assert all("flops_estimate" in c.data.metrics and "weights_nonzero" in c.data.metrics for c in children)
+    study = optuna_study(outcome)
+    assert len(study.directions) == 2
+    states = [t.state.name for t in study.trials]
+    assert states.count("PRUNED") == len(pruned) and states.count("COMPLETE") == len(complete)
+    rows = {r["trial_id"] for r in outcome.frontier.rows}  # the finished trials the frontier is taken from
+    on_front = {r["trial_id"] for r, keep in zip(outcome.frontier.rows, outcome.frontier.mask) if keep}
+    assert rows == {c.data.tags[f"{TAG}.trial_id"] for c in complete} and on_front
+    assert not on_front & {c.data.tags[f"{TAG}.trial_id"] for c in pruned}
+
+
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "search.cli", *args], cwd=cwd, env=env, text=True,

@@ -86,6 +86,17 @@ BAD = [
     ("file store", lambda d: d.update(tracking_uri="file:///tmp/mlruns"), "tracking_uri: use sqlite:///"),
     ("scheduler metric", lambda d: d.update(scheduler={"type": "asha", "metric": "params_nonzero"}),
      "scheduler"),
+    ("moasha with a metric", lambda d: d.update(scheduler={"type": "moasha", "metric": "val_loss"}),
+     "scheduler: moasha ranks trials by the spec's `objectives`"),
+    ("moasha objective without per-epoch value", lambda d: d.update(
+        scheduler={"type": "moasha"}, objectives=[{"metric": "val_accuracy", "mode": "max"},
+                                                  {"metric": "param_sharing", "mode": "max"}]),
+     "objectives.1.metric: scheduler moasha needs objectives with a per-epoch counterpart"),
+    ("moasha max_t not above grace", lambda d: d.update(scheduler={"type": "moasha", "grace_period": 3, "max_t": 3}),
+     "max_t > grace_period"),
+    ("asha max_t", lambda d: d.update(scheduler={"type": "asha", "max_t": 3}), "`max_t` is for moasha"),
+    ("grace period not below epochs", lambda d: d.update(scheduler={"type": "moasha", "grace_period": 50}),
+     "scheduler.grace_period: must be below the trials' epochs"),
     ("family knob in base", lambda d: d["base"].update(regularizer={"lam": 0.1}),
      "base.regularizer.lam: set per family under `regularizers`"),
     ("negative gpu", lambda d: d.update(resources={"cpu": 1, "gpu": -1}), "resources"),
@@ -126,3 +137,12 @@ def test_tracking_uri_made_absolute(tmp_path, monkeypatch):
     assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path}/mlflow.db"
     assert resolve_tracking_uri("sqlite:///rel/x.db") == f"sqlite:///{tmp_path}/rel/x.db"
     assert resolve_tracking_uri("http://head:5000") == "http://head:5000"
+
+
+def test_scheduler_defaults_per_type():
+    from search.spec import Scheduler
+
+    asha = Scheduler.model_validate({"type": "asha"})
+    assert (asha.metric, asha.mode, asha.max_t) == ("val_accuracy", "max", None)
+    moasha = Scheduler.model_validate({"type": "moasha", "grace_period": 2, "reduction_factor": 2.0, "max_t": 8})
+    assert (moasha.metric, moasha.mode, moasha.max_t, moasha.grace_period) == (None, None, 8, 2)

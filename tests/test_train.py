@@ -168,6 +168,19 @@ def test_tying_retrains_with_tied_rows_and_reports_sharing():
             torch.testing.assert_close(rows, rows[:1].expand_as(rows))  # still tied after retraining
     assert result.metrics["param_sharing"] > 1.0
     assert result.metrics["tying"] == [t.summary() for t in result.ties]
+    assert all("converged" in t and t["damping"] >= 0.9 for t in result.metrics["tying"])
+    assert result.metrics["tying_layers"] == len(result.ties) == 2
+    assert result.metrics["tying_converged_layers"] == sum(t.converged for t in result.ties) >= len(tied)
+
+
+def test_flops_estimate_per_epoch_bounds_the_compact_count():
+    """The per-epoch FLOPs estimate (what MO-ASHA ranks by) is the dense count while nothing is
+    zero and never below the exact compacted count at the end."""
+    dense = fit(small({"name": "none"}, optim={"epochs": 1}))
+    assert dense.history[-1]["flops_estimate"] == dense.metrics["flops_dense"]
+    sparse = fit(small({"name": "group_lasso", **STRONG["group_lasso"]}))
+    estimates = [h["flops_estimate"] for h in sparse.history]
+    assert sparse.metrics["flops_compact"] <= estimates[-1] < sparse.metrics["flops_dense"], estimates
 
 
 def test_evaluate_matches_manual_accuracy():

@@ -534,7 +534,13 @@ class TyingConfig(_Strict):
 
     enabled: bool = False
     preference: float = 0.6  # AP preference: higher -> more clusters -> less tying (MNIST 0.6, VGG 0.8)
-    damping: float = 0.5
+    # AP damping; 0.5 (scikit-learn's default) oscillates on GrOWL's near-equal rows (trainables/tying.py)
+    damping: float = 0.9
+    max_iter: int = 1000  # AP iterations of the first attempt (each retry doubles it)
+    # AP converged when the exemplars stay the same this many iterations, at damping 0.5 (scaled
+    # by 0.5 / (1 - damping): 75 at 0.9; trainables/tying.py)
+    convergence_iter: int = 15
+    retries: int = 2  # attempts after a non-converged one, each halving 1 - damping
     retrain_epochs: int = 10
     retrain_lr: float | None = None  # default: optim.lr
     every: Literal["step", "epoch"] = "step"  # re-tie after every optimizer step or every epoch
@@ -544,6 +550,15 @@ class TyingConfig(_Strict):
     def _check(self) -> TyingConfig:
         _finite(self.preference, "preference")
         _finite(self.damping, "damping", 0.5, 1, hi_open=True)
+        if self.max_iter < 1:
+            raise _FieldError("max_iter", "`max_iter >= 1` must hold", self.max_iter)
+        scaled = math.ceil(self.convergence_iter * 0.5 / (1 - self.damping) - 1e-9)
+        if not (self.convergence_iter >= 1 and scaled < self.max_iter):
+            raise _FieldError("convergence_iter", f"`convergence_iter >= 1` and `convergence_iter * 0.5 / "
+                                                  f"(1 - damping) < max_iter` must hold (damping={self.damping}, "
+                                                  f"max_iter={self.max_iter})", self.convergence_iter)
+        if self.retries < 0:
+            raise _FieldError("retries", "`retries >= 0` must hold", self.retries)
         if self.retrain_epochs < 0:
             raise _FieldError("retrain_epochs", "`retrain_epochs >= 0` must hold", self.retrain_epochs)
         if self.retrain_lr is not None:

@@ -13,6 +13,29 @@ The proximal operator of a penalty ``Omega`` with step ``t`` is
 References: Bogdan et al. 2015 (SLOPE, Alg. 4); Zeng & Figueiredo 2014 (OWL); Zhang et al. ICLR
 2018 (GrOWL, Eq. 8-9); Yoon & Hwang ICML 2017 (CGES) and its official code; Lin et al. 2024
 (exact exclusive-lasso prox, ``prox_l12norm.m``).
+
+**Exact zeros.** Every operator ends with a flush (``_flush_``) that sets to exactly 0.0
+
+- every entry with ``|x| < FLUSH_BELOW`` = float32's smallest *normal* number (1.2e-38), and
+- every row (group) whose l2 norm is ``<= ZERO_ROW_NORM`` = float32's epsilon (1.2e-7)
+  (the group operators only; the element-wise ``prox_l1`` and ``prox_owl`` have no groups).
+
+Why: a weight that gets no gradient but is multiplied by a factor below 1 every step (the entries
+of a dead unit inside a live group under a group prox, a lone survivor under the exclusive
+threshold, anything under the l2 prox) decays geometrically and never reaches zero on its own.
+It ends as a float32 subnormal (stuck at +-1.4e-45, where rounding returns the same number), is
+counted as non-zero and unique, and makes CPU arithmetic several times slower. Both thresholds are
+absolute and float32-based because the networks train and are stored in float32 (float64 inputs
+are flushed at the same points, so both dtypes give the same zeros):
+
+- the entry threshold removes exactly the subnormals, so on every normal float32 the operators
+  stay the exact prox;
+- the row threshold is the project's one definition of a pruned group, shared by
+  ``regularizer.mask_pruned`` and tying: a group whose norm is below float32's epsilon changes
+  no float32 output at the scale of the inputs, and the masks would zero it anyway.
+
+The flush moves a point by at most ``ZERO_ROW_NORM`` per row, so non-expansiveness holds up to
+that much.
 """
 
 from __future__ import annotations
@@ -31,7 +54,15 @@ __all__ = [
     "prox_growl",
     "growl_weights",
     "cges_step",
+    "FLUSH_BELOW",
+    "ZERO_ROW_NORM",
 ]
+
+# Entries below float32's smallest normal number are flushed to 0 (no subnormals; see above).
+FLUSH_BELOW = float(torch.finfo(torch.float32).tiny)
+# Groups with an l2 norm at or below float32's epsilon are zero: pruned (the GrOWL MNIST code's
+# rule, also used by ``regularizer.mask_pruned`` and by tying).
+ZERO_ROW_NORM = float(torch.finfo(torch.float32).eps)
 
 Threshold = float | torch.Tensor
 
@@ -60,6 +91,16 @@ def _row_norms(W: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(W, dim=1, keepdim=True)
 
 
+def _flush_(x: torch.Tensor) -> torch.Tensor:
+    """Set entries below ``FLUSH_BELOW`` to exactly 0, in place on a tensor this module made."""
+    return x.masked_fill_(x.abs() < FLUSH_BELOW, 0.0)
+
+
+def _flush_rows_(X: torch.Tensor) -> torch.Tensor:
+    """``_flush_`` plus: rows whose norm is ``<= ZERO_ROW_NORM`` become 0 (in place, ours only)."""
+    return _flush_(X.masked_fill_(_row_norms(X) <= ZERO_ROW_NORM, 0.0))
+
+
 def _soft_threshold(w: torch.Tensor, t: Threshold) -> torch.Tensor:
     # sign(w) (|w| - t)_+, written as w - clamp(w, -t, t): the same values with two temporaries
     # instead of five (bench/prox_bench.py)
@@ -72,20 +113,27 @@ def prox_l1(w: torch.Tensor, t: Threshold) -> torch.Tensor:
     """Soft-thresholding: ``argmin_x 1/2||x - w||^2 + t ||x||_1`` (any shape)."""
     _check_float(w, "w")
     _check_threshold(t)
-    return _soft_threshold(w, t)
+    return _flush_(_soft_threshold(w, t))
 
 
 def prox_group_lasso(W: torch.Tensor, t: Threshold) -> torch.Tensor:
     """Block soft-thresholding: ``argmin_X 1/2||X - W||^2 + t sum_i ||X_i||_2``.
 
-    Each row is scaled by ``(1 - t / ||W_i||)_+``; a row with norm <= t becomes exactly zero.
+    Each row is scaled by ``(1 - t / ||W_i||)_+``; a row with norm <= t becomes exactly zero
+    (and so does one left with a norm <= ``ZERO_ROW_NORM``).
     """
     _check_matrix(W)
     _check_threshold(t)
+    return _flush_(_group_shrink(W, t))
+
+
+def _group_shrink(W: torch.Tensor, t: Threshold) -> torch.Tensor:
+    """Block soft-thresholding with the row flush folded into the scale (no entry flush)."""
     tiny = torch.finfo(W.dtype).tiny
+    norms = _row_norms(W)
     # norm 0 and t > 0 gives 1 - huge -> clamped to 0; norm 0 and t = 0 gives scale 1 (0 * 1 = 0)
-    scale = torch.clamp(1 - t / _row_norms(W).clamp_min(tiny), min=0)
-    return W * scale
+    scale = torch.clamp(1 - t / norms.clamp_min(tiny), min=0)
+    return W * scale.masked_fill_(norms * scale <= ZERO_ROW_NORM, 0.0)
 
 
 def prox_exclusive_lasso(W: torch.Tensor, t: Threshold) -> torch.Tensor:
@@ -94,7 +142,8 @@ def prox_exclusive_lasso(W: torch.Tensor, t: Threshold) -> torch.Tensor:
     Per row (Lin et al. 2024, ``prox_l12norm.m``): with ``a`` the magnitudes sorted in decreasing
     order and ``S_k = a_1 + ... + a_k``, the solution is ``sign(w)(|w| - alpha)_+`` with
     ``alpha = max_k t S_k / (1 + t k)``, the fixed point of ``alpha = t ||x||_1``. Unlike the
-    one-shot CGES threshold it never zeroes a whole row (its largest entry survives).
+    one-shot CGES threshold it never zeroes a whole row (its largest entry survives), except by
+    the flush of a row left with a norm <= ``ZERO_ROW_NORM``.
     """
     _check_matrix(W)
     _check_threshold(t)
@@ -103,7 +152,7 @@ def prox_exclusive_lasso(W: torch.Tensor, t: Threshold) -> torch.Tensor:
     k = torch.arange(1, W.shape[1] + 1, dtype=W.dtype, device=W.device)
     # t S_k / (1 + t k) == S_k / (1/t + k), written so that t = 0 gives alpha = 0
     alpha = (t * S / (1 + t * k)).amax(dim=1, keepdim=True)
-    return _soft_threshold(W, alpha)
+    return _flush_rows_(_soft_threshold(W, alpha))
 
 
 def _sort_rows_descending(a: torch.Tensor) -> torch.Tensor:
@@ -148,7 +197,7 @@ def _owl_prox_unchecked(v: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     a = v.detach().abs().cpu().numpy().astype(np.float64)
     lam64 = lam.detach().cpu().numpy().astype(np.float64)
     x = torch.from_numpy(_owl_magnitudes(a, lam64)).to(v.device, v.dtype)
-    return torch.sign(v) * x
+    return _flush_(torch.sign(v) * x)
 
 
 def prox_owl(v: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -182,8 +231,9 @@ def _growl_prox_unchecked(W: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     norms = _row_norms(W).squeeze(1)
     new = _owl_prox_unchecked(norms, lam)
     tiny = torch.finfo(W.dtype).tiny
-    scale = torch.where(norms > 0, new / norms.clamp_min(tiny), torch.zeros_like(norms))
-    return W * scale.unsqueeze(1)
+    # rows left with a norm <= ZERO_ROW_NORM are pruned (module docstring)
+    scale = torch.where((norms > 0) & (new > ZERO_ROW_NORM), new / norms.clamp_min(tiny), torch.zeros_like(norms))
+    return _flush_(W * scale.unsqueeze(1))
 
 
 def growl_weights(
@@ -221,5 +271,5 @@ def cges_step(W: torch.Tensor, group_t: Threshold, excl_t: Threshold) -> torch.T
     _check_matrix(W)
     _check_threshold(group_t, "group_t")
     _check_threshold(excl_t, "excl_t")
-    G = prox_group_lasso(W, group_t)
-    return _soft_threshold(G, excl_t * G.abs().sum(dim=1, keepdim=True))
+    G = _group_shrink(W, group_t)
+    return _flush_rows_(_soft_threshold(G, excl_t * G.abs().sum(dim=1, keepdim=True)))

@@ -33,8 +33,8 @@ from .compact import compact
 from .config import TrialConfig
 from .data import Dataset, DataSpec, Split, batches, load
 from .groups import from_groups
-from .metrics import model_metrics
-from .models import build_model
+from .metrics import count_flops, model_metrics
+from .models import build_model, prunable_layers
 from .regularizers import LayerRegularizer, build_layer_regularizers
 from .tying import ZERO_ROW_NORM, LayerTying, find_ties, tie_
 
@@ -139,6 +139,7 @@ class _Trainer:
         self.train_epochs = cfg.optim.epochs
         self.total_epochs = self.train_epochs + (cfg.tying.retrain_epochs if cfg.tying.enabled else 0)
         self.uses_prox = cfg.regularizer.name != "none"
+        self._dense_flops: list[tuple[nn.Module, int]] | None = None  # for _flops_estimate
 
     # -- the proximal step, masks and tying ----------------------------------------------------
 
@@ -190,7 +191,8 @@ class _Trainer:
         t = self.cfg.tying
         self.ties = find_ties([(l.name, l.module, l.grouping) for l in self.layers],
                               preference=t.preference, damping=t.damping,
-                              max_cluster_ratio=t.max_cluster_ratio)
+                              max_cluster_ratio=t.max_cluster_ratio, max_iter=t.max_iter,
+                              convergence_iter=t.convergence_iter, retries=t.retries)
         self._tie()
         # retraining: same optimizer family, constant learning rate, no prox (GrOWL §4)
         self.optimizer = _make_optimizer(self.cfg, self.model.parameters(), t.retrain_lr)
@@ -249,8 +251,27 @@ class _Trainer:
         nonzero = sum(int(torch.count_nonzero(p)) for p in params)
         total = sum(p.numel() for p in params)
         m["weights_nonzero"], m["weights_sparsity"] = nonzero, 1 - nonzero / total
+        m["flops_estimate"] = self._flops_estimate()
         m["epoch_time_s"] = seconds
         return m
+
+    @torch.no_grad()
+    def _flops_estimate(self) -> float:
+        """A per-epoch stand-in for ``flops_compact`` that costs one pass over the weights
+        (compacting every epoch can cost as much as a small epoch): each Conv2d/Linear layer's
+        dense FLOPs x its fraction of live inputs x its fraction of live outputs, where an input
+        (output) is live when its column (row) of the layer's weight is not all zero. It reads
+        each layer alone, so units kept alive in one layer but unused by the next still count:
+        it is at least ``flops_compact`` for a chain of layers, and the exact figure comes at the end."""
+        if self._dense_flops is None:  # one batch-1 forward, once per run
+            by_name = count_flops(self.model, self.data.spec.input_shape)[1]
+            self._dense_flops = [(m, by_name.get(name, 0)) for name, m in prunable_layers(self.model)]
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for module, flops in self._dense_flops:
+            live = module.weight.ne(0)
+            live = live.flatten(2).any(2) if live.ndim > 2 else live  # [outputs, inputs]
+            total += flops * live.any(1).double().mean() * live.any(0).double().mean()
+        return total.item()
 
     def _finalize(self) -> tuple[dict[str, Any], nn.Module]:
         if self.cfg.tying.enabled and self.ties is None:  # tying with no retraining epochs
@@ -269,6 +290,9 @@ class _Trainer:
                 info["regularizer"] = {p: getattr(reg, p) for p in reg.params}
         if self.ties is not None:
             final["tying"] = [t.summary() for t in self.ties]
+            # numbers, so the tracker logs them: a search shows where tying silently did nothing
+            final["tying_layers"] = len(self.ties)
+            final["tying_converged_layers"] = sum(t.converged for t in self.ties)
         return final, small
 
     # -- checkpoints ------------------------------------------------------------------------------

@@ -11,10 +11,27 @@ then keeps each cluster's rows equal to their mean after every optimizer step (o
 which is the same as training one shared row per cluster (Eq. 11). A layer where clustering did
 not converge, or where clusters/rows exceeds ``max_cluster_ratio``, is left untied (the official
 VGG code's ``set_param_share`` rule), and that is recorded.
+
+**Convergence.** GrOWL makes rows (nearly) equal, and on such degenerate similarities affinity
+propagation's messages oscillate at scikit-learn's default damping 0.5: it then warns
+``ConvergenceWarning`` and returns no exemplars (labels -1, ``n_iter_ == max_iter``), so nothing
+is tied. This happened in 12 of 19 GrOWL / group-lasso runs of the MNIST search. Hence the
+default damping 0.9 and a retry: when an attempt does not converge, the next one halves
+``1 - damping`` (0.9 -> 0.95 -> 0.975) and doubles ``max_iter`` (smaller steps need more of them),
+``retries`` times. Each layer records whether it converged, the damping that did it and the
+iterations; a layer that still does not converge is left untied with a warning naming it.
+
+Damping also slows the messages down: each update moves ``1 - damping`` of the way, so at 0.9 the
+exemplar set can sit still for scikit-learn's 15 iterations in the middle of a transient and be
+taken for converged (on the toy of algorithms.md §3.5 that merges all five rows at preference
+0.8). ``convergence_iter`` is therefore given at damping 0.5 and scaled by the messages' time
+constant, ``ceil(convergence_iter * 0.5 / (1 - damping))``: 15 -> 75 at 0.9, which gives the
+clusters of damping 0.5 wherever 0.5 converges.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -24,11 +41,11 @@ from sklearn.cluster import AffinityPropagation
 from sklearn.exceptions import ConvergenceWarning
 
 from .groups import from_groups, to_groups
+from .prox import ZERO_ROW_NORM  # rows at or below it are pruned: one definition, in prox
 
-__all__ = ["similarity", "cluster_rows", "LayerTying", "find_ties", "tie_", "ZERO_ROW_NORM"]
+__all__ = ["similarity", "cluster_rows", "Clustering", "LayerTying", "find_ties", "tie_", "scaled_convergence_iter",
+           "ZERO_ROW_NORM"]
 
-# Rows with a norm at or below float32's epsilon count as pruned (the GrOWL MNIST code's rule).
-ZERO_ROW_NORM = float(np.finfo(np.float32).eps)
 
 
 def similarity(G: torch.Tensor) -> np.ndarray:
@@ -38,27 +55,57 @@ def similarity(G: torch.Tensor) -> np.ndarray:
     return (X @ X.T) / np.maximum.outer(sq, sq)
 
 
-def cluster_rows(G: torch.Tensor, preference: float, damping: float = 0.5,
-                 random_state: int = 0) -> tuple[np.ndarray, bool]:
-    """Cluster labels per row (``-1`` for zero rows) and whether affinity propagation converged."""
+@dataclass(frozen=True)
+class Clustering:
+    """Affinity propagation's answer for one layer."""
+
+    labels: np.ndarray  # cluster per row, -1 for zero rows
+    converged: bool
+    damping: float  # the damping of the last attempt (the one that converged, if any)
+    iterations: int  # of the last attempt
+
+
+def cluster_rows(G: torch.Tensor, preference: float, damping: float = 0.9, *, max_iter: int = 1000,
+                 convergence_iter: int = 15, retries: int = 2, random_state: int = 0) -> Clustering:
+    """Cluster the non-zero rows of ``G`` (module docstring: damping, retries, convergence).
+
+    Without convergence every live row is its own cluster (no tying)."""
     norms = torch.linalg.vector_norm(G.detach(), dim=1).cpu().numpy()
     alive = np.flatnonzero(norms > ZERO_ROW_NORM)
     labels = np.full(G.shape[0], -1, dtype=np.int64)
     if alive.size <= 1:
         labels[alive] = 0
-        return labels, True
+        return Clustering(labels, True, damping, 0)
+    S = similarity(G[torch.as_tensor(alive, device=G.device)])
+    for attempt in range(retries + 1):
+        d, n_iter = 1 - (1 - damping) / 2**attempt, max_iter * 2**attempt
+        found = _affinity_propagation(S, preference, d, n_iter, scaled_convergence_iter(convergence_iter, d),
+                                      random_state)
+        if found is not None:
+            labels[alive] = found[0]
+            return Clustering(labels, True, d, found[1])
+    labels[alive] = np.arange(alive.size)
+    return Clustering(labels, False, d, n_iter)
+
+
+def scaled_convergence_iter(convergence_iter: int, damping: float) -> int:
+    """``convergence_iter`` (given at damping 0.5) at ``damping`` (module docstring)."""
+    return math.ceil(convergence_iter * 0.5 / (1 - damping) - 1e-9)
+
+
+def _affinity_propagation(S: np.ndarray, preference: float, damping: float, max_iter: int,
+                          convergence_iter: int, random_state: int) -> tuple[np.ndarray, int] | None:
+    """(labels, iterations), or None when scikit-learn reports no convergence: it warns
+    ``ConvergenceWarning`` (labels -1, or degenerate ones when some exemplars exist)."""
     ap = AffinityPropagation(affinity="precomputed", preference=preference, damping=damping,
-                             random_state=random_state)
+                             max_iter=max_iter, convergence_iter=convergence_iter, random_state=random_state)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         try:
-            ap.fit(similarity(G[torch.as_tensor(alive, device=G.device)]))
-            converged = bool((ap.labels_ >= 0).all())
+            ap.fit(S)
         except ConvergenceWarning:
-            converged = False
-    # without convergence every live row is its own cluster (no tying)
-    labels[alive] = ap.labels_ if converged else np.arange(alive.size)
-    return labels, converged
+            return None
+    return (ap.labels_, int(ap.n_iter_)) if (ap.labels_ >= 0).all() else None
 
 
 @dataclass
@@ -70,6 +117,8 @@ class LayerTying:
     labels: np.ndarray
     converged: bool
     enabled: bool
+    damping: float | None = None  # the damping that converged (or the last one tried)
+    iterations: int = 0
 
     @property
     def n_rows(self) -> int:
@@ -85,27 +134,38 @@ class LayerTying:
 
     def summary(self) -> dict:
         return {"name": self.name, "rows": self.n_rows, "nonzero_rows": self.n_nonzero,
-                "clusters": self.n_clusters, "converged": self.converged, "tied": self.enabled}
+                "clusters": self.n_clusters, "converged": self.converged, "tied": self.enabled,
+                "damping": self.damping, "iterations": self.iterations}
 
     def to_state(self) -> dict:
         return {"name": self.name, "grouping": self.grouping, "labels": self.labels.tolist(),
-                "converged": self.converged, "enabled": self.enabled}
+                "converged": self.converged, "enabled": self.enabled, "damping": self.damping,
+                "iterations": self.iterations}
 
     @classmethod
     def from_state(cls, state: dict) -> LayerTying:
         return cls(state["name"], state["grouping"], np.asarray(state["labels"], dtype=np.int64),
-                   bool(state["converged"]), bool(state["enabled"]))
+                   bool(state["converged"]), bool(state["enabled"]), state.get("damping"),
+                   int(state.get("iterations", 0)))
 
 
 def find_ties(layers: list[tuple[str, torch.nn.Module, str]], *, preference: float, damping: float,
-              max_cluster_ratio: float) -> list[LayerTying]:
-    """Cluster the rows of each ``(name, module, grouping)`` layer."""
+              max_cluster_ratio: float, max_iter: int = 1000, convergence_iter: int = 15,
+              retries: int = 2) -> list[LayerTying]:
+    """Cluster the rows of each ``(name, module, grouping)`` layer; warn for each layer whose
+    clustering did not converge (it is left untied)."""
     found = []
     for name, module, grouping in layers:
-        labels, converged = cluster_rows(to_groups(module.weight.detach(), grouping), preference, damping)
-        tying = LayerTying(name, grouping, labels, converged, enabled=False)
+        c = cluster_rows(to_groups(module.weight.detach(), grouping), preference, damping,
+                         max_iter=max_iter, convergence_iter=convergence_iter, retries=retries)
+        if not c.converged:
+            warnings.warn(f"tying: affinity propagation did not converge for layer {name!r} (last try: "
+                          f"damping={c.damping:g}, max_iter={c.iterations}); the layer is left untied. "
+                          "Raise tying.damping, tying.max_iter or tying.retries.", stacklevel=2)
+        tying = LayerTying(name, grouping, c.labels, c.converged, enabled=False, damping=c.damping,
+                           iterations=c.iterations)
         ratio = tying.n_clusters / max(tying.n_nonzero, 1)
-        tying.enabled = converged and tying.n_nonzero > 0 and ratio <= max_cluster_ratio
+        tying.enabled = c.converged and tying.n_nonzero > 0 and ratio <= max_cluster_ratio
         found.append(tying)
     return found
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..prox import _flush_
 from .base import Regularizer, register
 
 __all__ = ["L2"]
@@ -12,7 +13,8 @@ __all__ = ["L2"]
 @register
 class L2(Regularizer):
     """prox: ``W / (1 + step * lam)``. Unlike ``optim.weight_decay`` it acts on the selected
-    layers' weights only, and after the optimizer step."""
+    layers' weights only, and after the optimizer step. Its geometric shrinking never reaches
+    zero by itself, so entries below ``prox.FLUSH_BELOW`` are flushed to 0 (no subnormals)."""
 
     name = "l2"
     params = ("lam",)
@@ -24,4 +26,4 @@ class L2(Regularizer):
         return 0.5 * self.lam * W.pow(2).sum()
 
     def prox(self, W: torch.Tensor, step: float) -> torch.Tensor:
-        return W / (1 + step * self.lam)
+        return _flush_(W / (1 + step * self.lam))
