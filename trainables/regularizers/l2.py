@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import torch
 
-from .base import Regularizer, register
+from ..configbase import Schedule
+from .base import LamConfig, Regularizer, register
 
-__all__ = ["L2"]
+__all__ = ["L2", "L2Config"]
+
+
+class L2Config(LamConfig):
+    """Squared l2 as a proximal step on the selected layers (not `optim.weight_decay`)."""
+
+    sparsifies: ClassVar[bool] = False
+    name: Literal["l2"] = "l2"
+    lam: Schedule = 1e-3  # suits the embedded default (digits, mlp, sgd lr 0.1); tune it per problem
 
 
 @register
@@ -15,6 +26,7 @@ class L2(Regularizer):
     layers' weights only, and after the optimizer step."""
 
     name = "l2"
+    config = L2Config
     params = ("lam",)
 
     def __init__(self, lam: float):
