@@ -43,6 +43,7 @@ from .configbase import (  # noqa: F401 (re-exported: the public names of the co
     _from_validation_error,
     _size,
     _Strict,
+    choices,
     resolve_schedule,
 )
 from .families import (
@@ -89,11 +90,6 @@ ModelUnion = MODELS.union()
 RegularizerUnion = REGULARIZERS.union()
 
 
-def _choices(names: list[str]) -> str:
-    quoted = [repr(n) for n in names]
-    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
-
-
 class _OptimBase(_Strict):
     """Optimizer and schedule. ``weight_decay`` is the papers' "+l2": ordinary weight decay in the
     gradient of every parameter, separate from the proximal regularizer.
@@ -121,7 +117,7 @@ class _OptimBase(_Strict):
         for registry in (OPTIMIZERS, LR_SCHEDULES):
             name = data.get(registry.key, registry.default)
             if not isinstance(name, str) or name not in registry:
-                raise _FieldError(registry.key, f"Input should be {_choices(registry.names())}", name)
+                raise _FieldError(registry.key, f"Input should be {choices(registry.names())}", name)
             family = registry.get(name)
             for key, value in data.items():
                 if registry.owns(key) and key not in family.model_fields:
@@ -171,20 +167,24 @@ def _flat_fields() -> dict[str, Any]:
     return fields
 
 
-OptimConfig = create_model("OptimConfig", __base__=_OptimBase, __module__=__name__, **_flat_fields())
+OptimConfig = create_model("OptimConfig", __base__=_OptimBase, __module__=__name__, __doc__=_OptimBase.__doc__,
+                           **_flat_fields())
 
 
 class TyingConfig(_Strict):
     """GrOWL's second stage: cluster the rows of each regularized layer by affinity propagation
     on the similarity of GrOWL Eq. 10, then retrain with each cluster's rows tied to their mean."""
 
-    enabled: bool = False
-    preference: float = 0.6  # AP preference: higher -> more clusters -> less tying (MNIST 0.6, VGG 0.8)
-    damping: float = 0.5
-    retrain_epochs: int = 10
-    retrain_lr: float | None = None  # default: optim.lr
-    every: Literal["step", "epoch"] = "step"  # re-tie after every optimizer step or every epoch
-    max_cluster_ratio: float = 0.95  # no tying in a layer whose clusters/rows exceeds this
+    enabled: bool = Field(False, description="cluster and tie rows after training, then retrain")
+    preference: float = Field(0.6, description="affinity-propagation preference: higher gives more "
+                                               "clusters, so less tying (GrOWL: MNIST 0.6, VGG 0.8)")
+    damping: float = Field(0.5, description="affinity-propagation damping, in [0.5, 1)")
+    retrain_epochs: int = Field(10, description="retraining epochs with the tied rows, without the prox")
+    retrain_lr: float | None = Field(None, description="retraining learning rate (default: `optim.lr`)")
+    every: Literal["step", "epoch"] = Field("step", description="re-tie after every optimizer step or "
+                                                                "every epoch")
+    max_cluster_ratio: float = Field(0.95, description="no tying in a layer whose clusters/rows "
+                                                       "exceeds this")
 
     @model_validator(mode="after")
     def _check(self) -> TyingConfig:

@@ -108,11 +108,9 @@ def _from_validation_error(e: ValidationError, prefix: str = "", source: str | N
         loc = [str(p) for p in err["loc"] if str(p) not in UNION_TAGS]  # a family's tag is no field
         if err["type"] == "union_tag_invalid":  # an unknown family name: list the registered ones
             names = [t.split(":", 1)[1] for t in re.findall(r"'([^']*)'", err["ctx"]["expected_tags"])]
-            choices = ", ".join(repr(n) for n in names[:-1]) + f" or {names[-1]!r}" if len(names) > 1 \
-                else repr(names[0])
             given = err["input"].get("name", _NO_VALUE) if isinstance(err["input"], dict) else err["input"]
             path = ".".join(([prefix] if prefix else []) + loc + ["name"])
-            problems.setdefault(path, (f"Input should be {choices}", given))
+            problems.setdefault(path, (f"Input should be {choices(names)}", given))
             continue
         if loc and loc[-1] == "[key]":  # a mapping key that is not a string (a number, a date, ...)
             loc.pop()
@@ -153,6 +151,12 @@ def _from_validation_error(e: ValidationError, prefix: str = "", source: str | N
         if not any(p == path or p.startswith(path + ".") for p in problems):
             problems[path] = ("expected " + " or ".join(kinds), value)
     return ConfigError([(p, m, v) for p, (m, v) in problems.items()], source)
+
+
+def choices(names: list[str]) -> str:
+    """``'a', 'b' or 'c'``: the valid names, as pydantic words a Literal."""
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
 # The tags of the registered families' discriminated unions (``model:mlp``): pydantic puts them
