@@ -167,8 +167,8 @@ def _flat_fields() -> dict[str, Any]:
     return fields
 
 
-OptimConfig = create_model("OptimConfig", __base__=_OptimBase, __module__=__name__, __doc__=_OptimBase.__doc__,
-                           **_flat_fields())
+OptimConfig = create_model("OptimConfig", __base__=_OptimBase, __module__=__name__,
+                           __doc__=_OptimBase.__doc__, **_flat_fields())
 
 
 class TyingConfig(_Strict):

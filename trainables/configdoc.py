@@ -108,7 +108,10 @@ def _table(cls: type[BaseModel], fields: list[str], choices: dict[str, Registry[
     rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
     for f in fields:
         info = cls.model_fields[f]
-        kind = " \\| ".join(f"`{n}`" for n in choices[f]) if choices and f in choices else _type(info.annotation)
+        if choices and f in choices:
+            kind = " \\| ".join(f"`{n}`" for n in choices[f])
+        else:
+            kind = _type(info.annotation)
         rows.append(f"| `{f}` | {kind} | {_default(info)} | "
                     f"{_description(cls, f).replace('|', chr(92) + '|')} |")
     return rows

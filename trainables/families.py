@@ -83,7 +83,8 @@ class Family(_Strict):
         """The name this family is registered under (its ``name`` literal)."""
         args = get_args(cls.model_fields["name"].annotation)
         if get_origin(cls.model_fields["name"].annotation) is not Literal or len(args) != 1:
-            raise TypeError(f"{cls.__name__}.name must be a one-value Literal, e.g. name: Literal['mlp'] = 'mlp'")
+            raise TypeError(f"{cls.__name__}.name must be a one-value Literal, "
+                            f"e.g. name: Literal['mlp'] = 'mlp'")
         return args[0]
 
     def __new__(cls, *args: Any, **data: Any) -> Any:

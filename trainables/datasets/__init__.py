@@ -10,7 +10,13 @@ from ..families import DATASETS, DataConfig
 # registration, in the order the families are listed (docs, "valid" lists)
 from .digits import DigitsConfig  # isort: skip
 from .correlated_blocks import CorrelatedBlocksConfig  # isort: skip
-from .vision import CIFAR10Config, CIFAR100Config, FashionMNISTConfig, MNISTConfig, TorchvisionData  # isort: skip
+from .vision import (  # isort: skip
+    CIFAR10Config,
+    CIFAR100Config,
+    FashionMNISTConfig,
+    MNISTConfig,
+    TorchvisionData,
+)
 from .idx import IdxConfig  # isort: skip
 from .arrays import ArraysConfig  # isort: skip
 

@@ -17,13 +17,16 @@ default initialisation. Besides ``forward`` each model class provides what physi
 
 Models (all ``nn.Sequential`` subclasses with named children, except ResNet-20):
 
-- ``mlp`` (``mlp.py``): Flatten -> [Linear -> ReLU -> (BatchNorm1d)] per hidden width -> (Dropout) -> Linear.
+- ``mlp`` (``mlp.py``): Flatten -> [Linear -> ReLU -> (BatchNorm1d)] per hidden width -> (Dropout)
+  -> Linear.
   GrOWL's MNIST net (784-300-10, BN after the ReLU) is ``hidden=[300], batch_norm=True``.
-- ``lenet_cges`` (``lenet_cges.py``): the official CGES MNIST net, conv5x5x32 (SAME) -> pool -> conv5x5x64 -> pool ->
-  fc1024 -> dropout -> fc (names ``conv1, conv2, fc3, fc4`` as in the CGES tables).
-- ``vgg16_cifar`` (``vgg16_cifar.py``): the Zagoruyko VGG-16 (conv3x3+BN+ReLU, fc1 -> BN -> (no ReLU) -> fc2) used by
-  GrOWL. Inputs smaller than 32x32 are accepted: a max-pool that would take the spatial size below 1
-  is left out (so 8x8 digits go 8 -> 4 -> 2 -> 1 and skip the last two pools).
+- ``lenet_cges`` (``lenet_cges.py``): the official CGES MNIST net, conv5x5x32 (SAME) -> pool ->
+  conv5x5x64 -> pool -> fc1024 -> dropout -> fc (names ``conv1, conv2, fc3, fc4`` as in the CGES
+  tables).
+- ``vgg16_cifar`` (``vgg16_cifar.py``): the Zagoruyko VGG-16 (conv3x3+BN+ReLU, fc1 -> BN -> (no
+  ReLU) -> fc2) used by GrOWL. Inputs smaller than 32x32 are accepted: a max-pool that would take
+  the spatial size below 1 is left out (so 8x8 digits go 8 -> 4 -> 2 -> 1 and skip the last two
+  pools).
 - ``resnet20`` (``resnet20.py``): He et al.'s CIFAR ResNet-20 with option-A (parameter-free) shortcuts.
 """
 

@@ -39,7 +39,8 @@ def build_model(cfg: ModelConfig, spec: DataSpec) -> nn.Module:
     """The model of family ``cfg.name`` for data described by ``spec``."""
     family = MODELS.get(cfg.name)  # ValueError listing the registered models
     if not isinstance(cfg, family):  # e.g. ModelConfig.model_construct(name=...)
-        raise ValueError(f"model config for {cfg.name!r} must be a {family.__name__}, got {type(cfg).__name__}")
+        raise ValueError(f"model config for {cfg.name!r} must be a {family.__name__}, "
+                         f"got {type(cfg).__name__}")
     _check_spec(spec)
     return cfg.build(spec)
 
