@@ -123,9 +123,10 @@ def _base(section: str, value):
 CASES = [
     ("unknown key",
      _with(CONFIG, regularizer="{name: cges, lam: 1e-2, lamda: 0.1}"),
-     ["regularizer.lamda: unknown field (got 0.1)"],
+     ["regularizer.lamda: unknown field (valid fields: name, groups, layers, prox_every, lam, mu, "
+      "exact, group_scale, exclusive_scale, mask_pruned) (got 0.1)"],
      _reg("cges", {"lamda": 0.1}),
-     ["regularizers.cges.lamda: unknown field (got 0.1)"]),
+     ["regularizers.cges.lamda: unknown field (valid fields: name, groups, layers,", "(got 0.1)"]),
     ("wrong type",
      _with(CONFIG, optim="{name: sgd, lr: 0.1, epochs: ten}"),
      ["optim.epochs: Input should be a valid integer (got 'ten')"],
@@ -342,7 +343,8 @@ SETS = [
     (["optim.lr=abc"], ["optim.lr: Input should be a valid number (got 'abc')"]),
     (["optim.epochs=1.5"], ["optim.epochs: Input should be a valid integer (got 1.5)"]),
     (["regularizer.p=0.5"], ["regularizer.p: not a parameter of regularizer 'cges'", "(got 0.5)"]),
-    (["optim.nope=1"], ["optim.nope: unknown field (got 1)"]),
+    (["optim.nope=1"], ["optim.nope: unknown field (valid fields: name, lr, weight_decay, epochs, "
+                        "batch_size, lr_schedule, momentum, nesterov, lr_step, lr_gamma) (got 1)"]),
     (["regularizer.lam"], ["--set: expected KEY=VALUE", "(got 'regularizer.lam')"]),
     (["=1"], ["--set: expected KEY=VALUE with a dotted KEY (got '=1')"]),
     (["optim..lr=1"], ["--set: expected KEY=VALUE with a dotted KEY (got 'optim..lr=1')"]),

@@ -17,6 +17,8 @@ import torch
 
 from trainables import data as D
 from trainables.config import ConfigError, DataConfig
+from trainables.datasets import idx as idx_source
+from trainables.datasets import vision
 
 MNIST_DIR = Path("/work/shared/data/mnist")
 
@@ -229,9 +231,9 @@ def test_idx_reader_round_trip(tmp_path):
                       ("b-idx2-int", rng.integers(-9, 9, size=(3, 2)).astype(np.int32)),
                       ("c-idx1-float.gz", rng.standard_normal(6).astype(np.float32))]:
         _write_idx(tmp_path / name, arr)
-        shape, back = D._read_idx(tmp_path / name, str(tmp_path))
+        shape, back = idx_source._read_idx(tmp_path / name, str(tmp_path))
         assert shape == arr.shape and back.dtype == arr.dtype and np.array_equal(back, arr)
-        assert D._read_idx(tmp_path / name, str(tmp_path), header_only=True) == (arr.shape, None)
+        assert idx_source._read_idx(tmp_path / name, str(tmp_path), header_only=True) == (arr.shape, None)
 
 
 def test_idx_single_pair_is_split(tmp_path):
@@ -462,7 +464,7 @@ def test_torchvision_mnist_offline_with_lock(tmp_path):
     arrays = _fake_torchvision_mnist(tmp_path)
     cfg = _cfg(name="mnist", path=str(tmp_path), val_fraction=0.25)
     ds = D.load(cfg)
-    assert (tmp_path / D._LOCK_NAME).exists()
+    assert (tmp_path / vision._LOCK_NAME).exists()
     assert ds.spec == D.describe(cfg) == D.DataSpec((1, 28, 28), 10)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (18, 6, 6)
     assert np.allclose(_raw(ds.test, ds, 255.0), arrays["t10k-images-idx3-ubyte"][:, None], atol=1e-3)
@@ -476,7 +478,7 @@ def test_torchvision_default_root_is_the_home_cache(tmp_path, monkeypatch):
     root = tmp_path / ".cache" / "sparsetune" / "mnist"
     _fake_torchvision_mnist(root)
     ds = D.load(_cfg(name="mnist"))
-    assert ds.info["root"] == str(root) and (root / D._LOCK_NAME).exists()
+    assert ds.info["root"] == str(root) and (root / vision._LOCK_NAME).exists()
     assert len(ds.test) == 6
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 import torch
 from torch import nn
@@ -159,8 +161,13 @@ def test_unknown_model_name_lists_valid_names():
 
 
 def test_register_rejects_duplicates():
-    with pytest.raises(ValueError, match="mlp"):
-        register("mlp")(lambda cfg, spec: nn.Identity())
+    class Again(ModelConfig):
+        name: Literal["mlp"] = "mlp"
+
+    with pytest.raises(ValueError, match="model 'mlp' is already registered"):
+        register(Again)
+    with pytest.raises(TypeError, match="must subclass ModelConfig"):
+        register(nn.Identity)
 
 
 @pytest.mark.parametrize("name,shape,match", [

@@ -1,15 +1,21 @@
 """The one config tree: ``TrialConfig`` = data, model, optim, regularizer, tying, seed.
 
-Pydantic models, frozen, strict (no bool-as-number, no string-as-number) and closed (unknown keys
-are rejected). ``TrialConfig.from_dict(d)`` raises :class:`ConfigError`, whose message names every
-bad field with its value. ``cfg.to_dict()`` is exactly what a run used and exactly what gets
-exported: family defaults are filled in when the config is built, so ``from_dict(cfg.to_dict())
-== cfg`` and re-running an exported file runs the same thing.
+Pydantic models, frozen, strict (no bool-as-number, no string-as-number) and closed (an unknown
+key is an error that lists the valid fields). ``TrialConfig.from_dict(d)`` raises
+:class:`ConfigError`, whose message names every bad field with its value. ``cfg.to_dict()`` is
+exactly what a run used and exactly what gets exported: family defaults are filled in when the
+config is built, so ``from_dict(cfg.to_dict()) == cfg`` and re-running an exported file runs the
+same thing.
 
-Some sections choose a *family* by name (the dataset, model, optimizer, learning-rate schedule and
-regularizer). Each family has its own parameters: a parameter that the chosen family does not have
-is an error (GrOWL's ``lambda1`` on a CGES config, say), and a parameter left out gets the family's
-default (the papers' values where there is one).
+Some sections choose a *family* by name: the dataset (``data.name``), model (``model.name``),
+regularizer (``regularizer.name``), optimizer (``optim.name``) and learning-rate schedule
+(``optim.lr_schedule``). Each family declares its parameters once, beside its implementation (see
+:mod:`trainables.families`); this module joins the registered declarations: ``data``, ``model``
+and ``regularizer`` are discriminated unions of their families, and ``optim`` holds the chosen
+optimizer's and schedule's parameters flat. A parameter that the chosen family does not have is
+an error (GrOWL's ``lambda1`` on a CGES config, say), and a parameter left out gets the family's
+default (the papers' values where there is one). ``docs/CONFIG.md`` is generated from the same
+declarations (``python -m trainables.configdoc``).
 
 Search parameter names are field paths joined by ``/`` (``regularizer/lam``); Ray's
 ``unflatten_dict`` turns a sample into this nested dict with no mapping layer.
@@ -17,14 +23,44 @@ Search parameter names are field paths joined by ``/`` (``regularizer/lam``); Ra
 
 from __future__ import annotations
 
-import math
 import re
-import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
+# Importing the family packages registers the built-in families (before the unions are built).
+from . import datasets, models, optim, regularizers  # noqa: F401
+from .configbase import (  # noqa: F401 (re-exported: the public names of the config tree)
+    _NO_VALUE,
+    _SEED_RANGE,
+    MAX_SIZE,
+    ConfigError,
+    Ends,
+    Schedule,
+    _FieldError,
+    _finite,
+    _from_validation_error,
+    _size,
+    _Strict,
+    choices,
+    resolve_schedule,
+)
+from .families import (
+    DATASETS,
+    LAYER_SELECTIONS,
+    LR_SCHEDULES,
+    MODELS,
+    OPTIMIZERS,
+    REGISTRIES,
+    REGULARIZERS,
+    DataConfig,
+    LRScheduleConfig,
+    ModelConfig,
+    OptimizerConfig,
+    RegularizerConfig,
+    family_params,
+)
 from .yamlio import dump_yaml, load_yaml, loads_yaml
 
 __all__ = [
@@ -41,510 +77,120 @@ __all__ = [
     "parse_override",
     "set_path",
     "flatten",
+    "family_params",
     "REGULARIZER_PARAMS",
     "LAYER_SELECTIONS",
 ]
 
 
-class ConfigError(ValueError):
-    """Invalid configuration. ``problems`` holds ``(field path, message, value)`` triples."""
+# ----------------------------------------------------------------------------- family sections
 
-    what = "config"
+DataUnion = DATASETS.union()
+ModelUnion = MODELS.union()
+RegularizerUnion = REGULARIZERS.union()
 
-    def __init__(self, problems: list[tuple[str, str, Any]] | str, source: str | None = None):
-        if isinstance(problems, str):
-            problems = [("", problems, _NO_VALUE)]
-        self.problems = problems
-        self.source = source
-        lines = []
-        for path, msg, value in problems:
-            where = f"{path}: " if path else ""
-            got = "" if value is _NO_VALUE else f" (got {_show(value)})"
-            lines.append(f"{where}{msg}{got}")
-        head = f"invalid {self.what} {source}" if source else f"invalid {self.what}"
-        self._args = (problems, source)
-        if len(lines) == 1:
-            super().__init__(f"{head}: {lines[0]}")
-        else:
-            super().__init__(head + ":\n" + "\n".join(f"  - {line}" for line in lines))
 
-
-def _reduce_config_error(self):
-    # pickled across processes (Ray workers): rebuild from the problems, not from the message
-    return (type(self), self._args)
-
-
-ConfigError.__reduce__ = _reduce_config_error
-
-
-class _NoValue:
-    def __repr__(self) -> str:
-        return "<none>"
-
-    def __reduce__(self) -> str:  # one instance, also after pickling (``value is _NO_VALUE``)
-        return "_NO_VALUE"
-
-
-_NO_VALUE = _NoValue()
-
-
-_SHORT_REPR = reprlib.Repr()
-_SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother = 3, 80, 80
-
-
-def _show(value: Any) -> str:
-    # a full repr of a small value; a bounded one of a big value (a YAML "billion laughs" document
-    # is small on disk and shares its nodes, but its repr would never end)
-    text = repr(value) if _small(value) else _SHORT_REPR.repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _small(value: Any, budget: int = 200) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        budget -= 1
-        if budget < 0:
-            return False
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple, set, frozenset)):
-            stack.extend(item)
-        elif isinstance(item, (str, bytes)) and len(item) > 10_000:
-            return False
-    return True
-
-
-class _FieldError(ValueError):
-    """Raised by validators: names the field (relative to the model) and the offending value."""
-
-    def __init__(self, field: str, msg: str, value: Any = _NO_VALUE):
-        super().__init__(msg)
-        self.field, self.msg, self.value = field, msg, value
-
-
-_KIND_WORDS = {"float": "a number", "int": "an integer", "str": "a string", "bool": "true/false",
-               "Ends": "{first: a, last: b}", "list[float]": "a list of numbers",
-               "list[union[int,str]]": "a list of layer indices or names"}
-
-
-def _from_validation_error(e: ValidationError, prefix: str = "", source: str | None = None) -> ConfigError:
-    """One line per bad field; union alternatives are merged into one message."""
-    problems: dict[str, tuple[str, Any]] = {}
-    unions: dict[str, tuple[list[str], Any]] = {}
-    for err in e.errors(include_url=False):
-        loc = [str(p) for p in err["loc"]]
-        if loc and loc[-1] == "[key]":  # a mapping key that is not a string (a number, a date, ...)
-            loc.pop()
-            err = {**err, "type": "invalid_key"}
-        tags = [p for p in loc if p in _KIND_WORDS or p.startswith(("literal[", "list[", "function-"))]
-        loc = [p for p in loc if p not in tags]
-        path = ".".join(([prefix] if prefix else []) + loc)
-        value = err.get("input", _NO_VALUE)
-        msg = err["msg"]
-        exc = (err.get("ctx") or {}).get("error")
-        if isinstance(exc, _FieldError):
-            path = ".".join(p for p in (path, exc.field) if p)
-            msg, value = exc.msg, exc.value
-        elif err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif err["type"] == "invalid_key":
-            msg = "a key must be a string (quote it)"
-        elif err["type"] == "model_type" and not tags:  # "a valid dictionary or instance of OptimConfig"
-            msg = "expected a mapping of fields"
-        elif err["type"] == "missing":
-            msg, value = "required field is missing", _NO_VALUE
-        elif tags and err["type"] not in ("value_error", "assertion_error"):
-            kinds, _ = unions.get(path, ([], value))
-            word = _KIND_WORDS.get(tags[0]) or tags[0].replace("literal[", "one of [")
-            if word not in kinds:
-                kinds.append(word)
-            unions[path] = (kinds, value)
-            continue
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        problems.setdefault(path, (msg, value))
-    for path in list(unions):
-        outer = [u for u in unions if path.startswith(u + ".")]
-        if outer:  # an element inside one alternative of an enclosing union: report the union
-            kinds = unions.pop(path)[0]
-            unions[outer[0]][0].extend(k for k in kinds if k not in unions[outer[0]][0])
-    for path, (kinds, value) in unions.items():
-        if not any(p == path or p.startswith(path + ".") for p in problems):
-            problems[path] = ("expected " + " or ".join(kinds), value)
-    return ConfigError([(p, m, v) for p, (m, v) in problems.items()], source)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
-
-
-def _finite(value: float, name: str, lo: float | None = None, hi: float | None = None,
-            lo_open: bool = False, hi_open: bool = False) -> float:
-    field = name.split("[")[0]
-    if not math.isfinite(value):
-        raise _FieldError(field, f"`{name}` must be finite", value)
-    if lo is not None and (value <= lo if lo_open else value < lo):
-        raise _FieldError(field, f"`{name} {'>' if lo_open else '>='} {lo}` must hold", value)
-    if hi is not None and (value >= hi if hi_open else value > hi):
-        raise _FieldError(field, f"`{name} {'<' if hi_open else '<='} {hi}` must hold", value)
-    return value
-
-
-# The largest layer width, class count or example count: sizes become tensor dimensions, and
-# anything larger cannot be built (torch sizes are C longs) long before it fits in memory.
-MAX_SIZE = 2**31 - 1
-# torch.manual_seed accepts exactly the 64-bit seeds
-_SEED_RANGE = (-(2**63), 2**64 - 1)
-
-
-def _size(value: int | None, name: str, lo: int = 1) -> None:
-    if value is not None and value < lo:
-        raise _FieldError(name, f"`{name} >= {lo}` must hold", value)
-    if value is not None and value > MAX_SIZE:
-        raise _FieldError(name, f"`{name} <= {MAX_SIZE}` must hold", value)
-
-
-def _fill_family(data: Any, *, key: str, default: str, table: dict[str, dict[str, Any]],
-                 what: str) -> Any:
-    """Check that only the chosen family's parameters are given, and fill in its defaults."""
-    if not isinstance(data, dict):
-        return data
-    family = data.get(key, default)
-    if not isinstance(family, str) or family not in table:
-        return data  # the Literal field reports the bad name with the valid ones
-    params = table[family]
-    owned = set().union(*(set(p) for p in table.values()))
-    for field, value in data.items():
-        if field in owned and field not in params and value is not None:
-            valid = ", ".join(sorted(params)) or "none"
-            raise _FieldError(
-                field, f"not a parameter of {what} {family!r} (its parameters: {valid})", value
-            )
-    filled = {k: v for k, v in params.items()}
-    filled.update({k: v for k, v in data.items() if v is not None})
-    return filled
-
-
-# ----------------------------------------------------------------------------- schedules
-
-
-class Ends(_Strict):
-    """A per-layer value linear in depth, from ``first`` (first regularized layer) to ``last``."""
-
-    first: float
-    last: float
-
-
-Schedule = float | list[float] | Ends
-
-
-def _schedule_values(value: Schedule) -> list[float]:
-    if isinstance(value, Ends):
-        return [value.first, value.last]
-    if isinstance(value, list):
-        return list(value)
-    return [value]
-
-
-def _check_schedule(value: Schedule | None, name: str, lo: float, hi: float | None = None) -> None:
-    if value is None:
-        return
-    if isinstance(value, list) and not value:
-        raise _FieldError(name, "an empty list; give one value per regularized layer", value)
-    if isinstance(value, Ends):  # name the end that is wrong: mu.last, not all of mu
-        for end in ("first", "last"):
-            try:
-                _finite(getattr(value, end), name, lo, hi)
-            except _FieldError as e:
-                raise _FieldError(f"{name}.{end}", e.msg, e.value) from None
-        return
-    for v in _schedule_values(value):
-        try:
-            _finite(v, name, lo, hi)
-        except _FieldError as e:
-            raise _FieldError(name, e.msg, value) from None
-
-
-def resolve_schedule(value: Schedule, n_layers: int, name: str) -> list[float]:
-    """The per-layer values of a schedule over ``n_layers`` regularized layers, first to last."""
-    if isinstance(value, Ends):
-        if n_layers == 1:
-            return [value.first]
-        step = (value.last - value.first) / (n_layers - 1)
-        return [value.first + i * step for i in range(n_layers)]
-    if isinstance(value, list):
-        if len(value) != n_layers:
-            raise ConfigError([(
-                f"regularizer.{name}",
-                f"a list needs one value per regularized layer: {n_layers} for this model and "
-                f"layer selection, but it has {len(value)}",
-                value,
-            )])
-        return list(value)
-    return [value] * n_layers
-
-
-# ----------------------------------------------------------------------------- sections
-
-DATASET_PARAMS: dict[str, dict[str, Any]] = {
-    "digits": {},
-    "correlated_blocks": {
-        "n_samples": 2000, "n_features": 784, "n_blocks": 10, "block_size": 50, "block_gap": 28,
-        "rho": 0.96, "num_classes": 10,
-    },
-    "mnist": {"path": None, "augment": False},
-    "fashion_mnist": {"path": None, "augment": False},
-    "cifar10": {"path": None, "augment": True},
-    "cifar100": {"path": None, "augment": True},
-    "idx": {"path": None},
-    "arrays": {"path": None, "target": None},
-}
-
-
-class DataConfig(_Strict):
-    """Which data, and how it is split. Splits depend only on ``split_seed``, not on ``seed``."""
-
-    name: Literal[
-        "digits", "correlated_blocks", "mnist", "fashion_mnist", "cifar10", "cifar100", "idx", "arrays"
-    ] = "digits"
-    # idx: a folder of MNIST-format IDX files; arrays: a .npz (X, y) or .csv file;
-    # torchvision datasets: the download/cache folder (default ~/.cache/sparsetune/<name>)
-    path: str | None = None
-    target: str | None = None  # arrays from .csv: the label column
-    val_fraction: float = 0.1  # of the training part
-    test_fraction: float = 0.2  # only for data without an official test split
-    test_split: Literal["random", "last"] = "random"  # "last": the last examples in file order
-    split_seed: int = 0
-    train_subset: int | None = None  # keep at most this many training examples
-    augment: bool | None = None  # random crop + flip (CIFAR); shift (MNIST-like)
-    # correlated_blocks (GrOWL §4.1)
-    n_samples: int | None = None
-    n_features: int | None = None
-    n_blocks: int | None = None
-    block_size: int | None = None
-    block_gap: int | None = None
-    rho: float | None = None
-    num_classes: int | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _family(cls, data: Any) -> Any:
-        return _fill_family(data, key="name", default="digits", table=DATASET_PARAMS, what="dataset")
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, v: str | None) -> str | None:
-        # Ray moves each trial into its own working directory: keep only absolute paths.
-        if v is None:
-            return None
-        if "\0" in v:
-            raise ValueError("a path cannot contain a NUL character")
-        try:
-            return str(Path(v).expanduser().absolute())
-        except RuntimeError:  # "~user" for a user that does not exist
-            raise ValueError(f"cannot expand {v.split('/')[0]!r}: no such user") from None
-
-    @model_validator(mode="after")
-    def _check(self) -> DataConfig:
-        _finite(self.val_fraction, "val_fraction", 0, 1, hi_open=True)
-        _finite(self.test_fraction, "test_fraction", 0, 1, lo_open=True, hi_open=True)
-        if self.train_subset is not None and self.train_subset < 1:
-            raise _FieldError("train_subset", "`train_subset >= 1` must hold", self.train_subset)
-        if self.split_seed < 0:  # numpy's default_rng takes non-negative seeds only
-            raise _FieldError("split_seed", "`split_seed >= 0` must hold", self.split_seed)
-        if self.name in ("idx", "arrays") and self.path is None:
-            kind = "a folder of IDX files" if self.name == "idx" else "a .npz or .csv file"
-            raise _FieldError("path", f"dataset {self.name!r} needs `path` ({kind})")
-        if self.name == "correlated_blocks":
-            for f in ("n_samples", "n_features", "n_blocks", "block_size", "num_classes"):
-                _size(getattr(self, f), f)
-            if self.num_classes < 2:
-                raise _FieldError("num_classes", "`num_classes >= 2` must hold", self.num_classes)
-            _size(self.block_gap, "block_gap", lo=0)
-            _finite(self.rho, "rho", -1, 1, lo_open=True, hi_open=True)
-            span = self.n_blocks * self.block_size + (self.n_blocks - 1) * self.block_gap
-            if span > self.n_features:
-                raise _FieldError(
-                    "n_features",
-                    f"{self.n_blocks} blocks of {self.block_size} with gaps of {self.block_gap} "
-                    f"need {span} features", self.n_features,
-                )
-        return self
-
-
-MODEL_PARAMS: dict[str, dict[str, Any]] = {
-    "mlp": {"hidden": [300], "batch_norm": False, "dropout": 0.0},
-    "lenet_cges": {"dropout": 0.5},
-    "vgg16_cifar": {"dropout": 0.0},
-    "resnet20": {},
-}
-
-
-class ModelConfig(_Strict):
-    name: Literal["mlp", "lenet_cges", "vgg16_cifar", "resnet20"] = "mlp"
-    hidden: list[int] | None = None  # mlp: hidden layer widths (784-300-10 is hidden=[300])
-    batch_norm: bool | None = None  # mlp: BatchNorm after each hidden ReLU (GrOWL's MNIST net)
-    dropout: float | None = None  # before the last layer
-
-    @model_validator(mode="before")
-    @classmethod
-    def _family(cls, data: Any) -> Any:
-        return _fill_family(data, key="name", default="mlp", table=MODEL_PARAMS, what="model")
-
-    @model_validator(mode="after")
-    def _check(self) -> ModelConfig:
-        if self.hidden is not None and any(h < 1 for h in self.hidden):
-            raise _FieldError("hidden", "hidden layer widths must be >= 1", self.hidden)
-        if self.hidden is not None and any(h > MAX_SIZE for h in self.hidden):
-            raise _FieldError("hidden", f"hidden layer widths must be <= {MAX_SIZE}", self.hidden)
-        if self.dropout is not None:
-            _finite(self.dropout, "dropout", 0, 1, hi_open=True)
-        return self
-
-
-OPTIMIZER_PARAMS: dict[str, dict[str, Any]] = {
-    "sgd": {},
-    "momentum": {"momentum": 0.9, "nesterov": False},
-    "adam": {},
-}
-LR_SCHEDULE_PARAMS: dict[str, dict[str, Any]] = {
-    "constant": {},
-    "step": {"lr_step": 10, "lr_gamma": 0.1},
-    "cosine": {},
-}
-
-
-class OptimConfig(_Strict):
+class _OptimBase(_Strict):
     """Optimizer and schedule. ``weight_decay`` is the papers' "+l2": ordinary weight decay in the
-    gradient of every parameter, separate from the proximal regularizer."""
+    gradient of every parameter, separate from the proximal regularizer.
 
-    name: Literal["sgd", "momentum", "adam"] = "sgd"
-    lr: float = 0.1
-    momentum: float | None = None
-    nesterov: bool | None = None
-    weight_decay: float = 0.0
-    epochs: int = 10
-    batch_size: int = 64
-    lr_schedule: Literal["constant", "step", "cosine"] = "constant"
-    lr_step: int | None = None  # step: multiply the lr by lr_gamma every lr_step epochs
-    lr_gamma: float | None = None
+    The chosen optimizer's (``name``) and schedule's (``lr_schedule``) parameters sit flat in this
+    section; the fields for them are derived from the registered families (:class:`OptimConfig`),
+    and ``optimizer`` / ``schedule`` are the chosen families' configs."""
+
+    name: str = Field("sgd", description="the optimizer (one of the optimizer families below)")
+    lr: float = Field(0.1, description="the learning rate (also the prox's step size)")
+    weight_decay: float = Field(0.0, description="weight decay on every parameter, in the gradient "
+                                                 "(the papers' \"+l2\")")
+    epochs: int = Field(10, description="training epochs (before any tying retraining)")
+    batch_size: int = Field(64, description="examples per optimizer step")
+    lr_schedule: str = Field("constant", description="the learning-rate schedule (one of the schedule "
+                                                     "families below)")
 
     @model_validator(mode="before")
     @classmethod
-    def _family(cls, data: Any) -> Any:
-        data = _fill_family(data, key="name", default="sgd", table=OPTIMIZER_PARAMS, what="optimizer")
-        return _fill_family(data, key="lr_schedule", default="constant", table=LR_SCHEDULE_PARAMS,
-                            what="lr_schedule")
+    def _families(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = {k: v for k, v in data.items() if v is not None}
+        out = dict(data)
+        for registry in (OPTIMIZERS, LR_SCHEDULES):
+            name = data.get(registry.key, registry.default)
+            if not isinstance(name, str) or name not in registry:
+                raise _FieldError(registry.key, f"Input should be {choices(registry.names())}", name)
+            family = registry.get(name)
+            for key, value in data.items():
+                if registry.owns(key) and key not in family.model_fields:
+                    params = ", ".join(sorted(registry.params(name))) or "none"
+                    raise _FieldError(key, f"not a parameter of {registry.kind} {name!r} "
+                                           f"(its parameters: {params})", value)
+            own = {k: v for k, v in data.items() if k in family.model_fields and k != "name"}
+            try:
+                chosen = family.model_validate({"name": name, **own})
+            except ValidationError as e:
+                path, msg, value = _from_validation_error(e).problems[0]
+                raise _FieldError(path, msg, value) from None
+            out.update(chosen.model_dump(exclude={"name"}))  # the family's defaults, filled in
+        return out
 
     @model_validator(mode="after")
-    def _check(self) -> OptimConfig:
+    def _check(self) -> _OptimBase:
         _finite(self.lr, "lr", 0, lo_open=True)
         _finite(self.weight_decay, "weight_decay", 0)
-        if self.momentum is not None:
-            _finite(self.momentum, "momentum", 0, 1, hi_open=True)
         if self.epochs < 1:
             raise _FieldError("epochs", "`epochs >= 1` must hold", self.epochs)
         _size(self.batch_size, "batch_size")
-        if self.lr_step is not None and self.lr_step < 1:
-            raise _FieldError("lr_step", "`lr_step >= 1` must hold", self.lr_step)
-        if self.lr_gamma is not None:
-            _finite(self.lr_gamma, "lr_gamma", 0, 1, lo_open=True)
-        return self
-
-
-LAYER_SELECTIONS = ("all", "all_but_first", "all_but_last", "inner")
-
-_COMMON = {"layers": "all", "prox_every": "step"}
-REGULARIZER_PARAMS: dict[str, dict[str, Any]] = {
-    "none": {**_COMMON, "groups": "input"},
-    # default strengths suit the embedded default (digits, mlp, sgd lr 0.1); tune them per problem
-    "l2": {**_COMMON, "groups": "input", "lam": 1e-3},
-    "l1": {**_COMMON, "groups": "input", "lam": 1e-3, "mask_pruned": False},
-    # group lasso as GrOWL's baseline: per-epoch prox and masking, like the official code
-    "group_lasso": {**_COMMON, "groups": "input", "prox_every": "epoch", "lam": 0.1, "mask_pruned": True},
-    "exclusive_lasso": {**_COMMON, "groups": "input_position", "lam": 3e-3, "mask_pruned": False},
-    # CGES (Yoon & Hwang 2017): mu is the per-layer weight of the exclusive term, rising with
-    # depth in the official code (0.2 -> 0.8 over its four layers)
-    "cges": {
-        **_COMMON, "groups": "input_position", "lam": 1e-2, "mu": Ends(first=0.2, last=0.8),
-        "exact": False, "group_scale": 1.0, "exclusive_scale": 1.0, "mask_pruned": False,
-    },
-    # GrOWL (Zhang et al. 2018): p is the fraction of rows with a decreasing weight (Eq. 9);
-    # p = 1 is OSCAR. The official code applies the prox once per epoch and masks pruned rows.
-    "growl": {
-        **_COMMON, "groups": "input", "prox_every": "epoch", "layers": "all_but_last",
-        "p": 0.5, "lambda1": 0.1, "lambda2": 1e-3, "mask_pruned": True,
-    },
-}
-
-
-class RegularizerConfig(_Strict):
-    """The structured-sparsity regularizer, with its papers' parameters.
-
-    Schedules (``lam``, ``mu``, ``lambda1``, ``lambda2``, ``group_scale``, ``exclusive_scale``)
-    take a number (every regularized layer), a list (one value per regularized layer, in model
-    order) or ``{first: a, last: b}`` (linear in depth).
-    """
-
-    name: Literal["none", "l2", "l1", "group_lasso", "exclusive_lasso", "cges", "growl"] = "none"
-    lam: Schedule | None = None
-    mu: Schedule | None = None
-    exact: bool | None = None  # cges: exact exclusive prox instead of the official one-shot step
-    group_scale: Schedule | None = None  # cges: per-layer factor on the group term
-    exclusive_scale: Schedule | None = None  # cges: per-layer factor on the exclusive term
-    p: float | None = None
-    lambda1: Schedule | None = None
-    lambda2: Schedule | None = None
-    mask_pruned: bool | None = None  # keep zeroed groups at zero for the rest of training
-    prox_every: Literal["step", "epoch"] | None = None
-    groups: Literal["input", "input_position", "filter"] | None = None
-    # which Conv2d/Linear layers: a keyword, or a list of indices (0 = first, -1 = last) or names
-    layers: Literal["all", "all_but_first", "all_but_last", "inner"] | list[int | str] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _family(cls, data: Any) -> Any:
-        return _fill_family(data, key="name", default="none", table=REGULARIZER_PARAMS,
-                            what="regularizer")
-
-    @model_validator(mode="after")
-    def _check(self) -> RegularizerConfig:
-        _check_schedule(self.lam, "lam", 0)
-        _check_schedule(self.mu, "mu", 0, 1)
-        _check_schedule(self.lambda1, "lambda1", 0)
-        _check_schedule(self.lambda2, "lambda2", 0)
-        _check_schedule(self.group_scale, "group_scale", 0)
-        _check_schedule(self.exclusive_scale, "exclusive_scale", 0)
-        if self.p is not None:
-            _finite(self.p, "p", 0, 1, lo_open=True)
-        if isinstance(self.layers, list) and not self.layers:
-            raise _FieldError("layers", "an empty list; name at least one layer or use 'all'", [])
         return self
 
     @property
-    def sparsifying(self) -> bool:
-        return self.name not in ("none", "l2")
+    def optimizer(self) -> OptimizerConfig:
+        """The chosen optimizer family's config (``build(params, lr, weight_decay)``)."""
+        family = OPTIMIZERS.get(self.name)
+        return family.model_validate({f: getattr(self, f) for f in family.model_fields})
+
+    @property
+    def schedule(self) -> LRScheduleConfig:
+        """The chosen learning-rate schedule's config (``build(optimizer, epochs)``)."""
+        family = LR_SCHEDULES.get(self.lr_schedule)
+        return family.model_validate({"name": self.lr_schedule,
+                                      **{f: getattr(self, f) for f in family.model_fields if f != "name"}})
+
+
+def _flat_fields() -> dict[str, Any]:
+    """One optional field per parameter of any optimizer or schedule family (None = not this family's)."""
+    fields: dict[str, Any] = {}
+    for registry in (OPTIMIZERS, LR_SCHEDULES):
+        for _, family in registry.items():
+            for f, info in family.model_fields.items():
+                if f != "name" and f not in fields and f not in _OptimBase.model_fields:
+                    fields[f] = (info.annotation | None, Field(None, description=info.description))
+    return fields
+
+
+OptimConfig = create_model("OptimConfig", __base__=_OptimBase, __module__=__name__,
+                           __doc__=_OptimBase.__doc__, **_flat_fields())
 
 
 class TyingConfig(_Strict):
     """GrOWL's second stage: cluster the rows of each regularized layer by affinity propagation
     on the similarity of GrOWL Eq. 10, then retrain with each cluster's rows tied to their mean."""
 
-    enabled: bool = False
-    preference: float = 0.6  # AP preference: higher -> more clusters -> less tying (MNIST 0.6, VGG 0.8)
-    # AP damping; 0.5 (scikit-learn's default) oscillates on GrOWL's near-equal rows (trainables/tying.py)
-    damping: float = 0.9
-    max_iter: int = 1000  # AP iterations of the first attempt (each retry doubles it)
-    # AP converged when the exemplars stay the same this many iterations, at damping 0.5 (scaled
-    # by 0.5 / (1 - damping): 75 at 0.9; trainables/tying.py)
-    convergence_iter: int = 15
-    retries: int = 2  # attempts after a non-converged one, each halving 1 - damping
-    retrain_epochs: int = 10
-    retrain_lr: float | None = None  # default: optim.lr
-    every: Literal["step", "epoch"] = "step"  # re-tie after every optimizer step or every epoch
-    max_cluster_ratio: float = 0.95  # no tying in a layer whose clusters/rows exceeds this
+    enabled: bool = Field(False, description="cluster and tie rows after training, then retrain")
+    preference: float = Field(0.6, description="affinity-propagation preference: higher gives more "
+                                               "clusters, so less tying (GrOWL: MNIST 0.6, VGG 0.8)")
+    damping: float = Field(0.9, description="affinity-propagation damping, in [0.5, 1); scikit-learn's "
+                                            "0.5 oscillates on GrOWL's near-equal rows")
+    max_iter: int = Field(1000, description="affinity-propagation iterations of the first attempt "
+                                            "(each retry doubles it)")
+    convergence_iter: int = Field(15, description="converged when the exemplars stay the same this many "
+                                                  "iterations, at damping 0.5 (scaled by 0.5 / (1 - damping))")
+    retries: int = Field(2, description="attempts after a non-converged one, each halving 1 - damping")
+    retrain_epochs: int = Field(10, description="retraining epochs with the tied rows, without the prox")
+    retrain_lr: float | None = Field(None, description="retraining learning rate (default: `optim.lr`)")
+    every: Literal["step", "epoch"] = Field("step", description="re-tie after every optimizer step or "
+                                                                "every epoch")
+    max_cluster_ratio: float = Field(0.95, description="no tying in a layer whose clusters/rows "
+                                                       "exceeds this")
 
     @model_validator(mode="after")
     def _check(self) -> TyingConfig:
@@ -570,13 +216,16 @@ class TyingConfig(_Strict):
 class TrialConfig(_Strict):
     """Everything one training run depends on."""
 
-    seed: int = 0
-    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    regularizer: RegularizerConfig = Field(default_factory=RegularizerConfig)
-    tying: TyingConfig = Field(default_factory=TyingConfig)
+    seed: int = Field(0, description="the trial's seed: initialisation, batch order, augmentation "
+                                     "(not the data splits: `data.split_seed`)")
+    device: str = Field("auto", description="`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`")
+    data: DataUnion = Field(default_factory=DATASETS.default_factory,
+                            description="the data and its splits")
+    model: ModelUnion = Field(default_factory=MODELS.default_factory, description="the network")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="optimizer and schedule")
+    regularizer: RegularizerUnion = Field(default_factory=REGULARIZERS.default_factory,
+                                          description="the structured-sparsity regularizer")
+    tying: TyingConfig = Field(default_factory=TyingConfig, description="GrOWL's parameter tying")
 
     @field_validator("device")
     @classmethod
@@ -677,3 +326,13 @@ def flatten(data: dict[str, Any], sep: str = "/", prefix: str = "") -> dict[str,
         else:
             out[path] = value
     return out
+
+
+# ----------------------------------------------------------------------------- derived tables
+
+for _registry in REGISTRIES:
+    _registry.frozen = True  # the unions above are built: a later registration would not be seen
+
+# {family: {parameter: default}} of every regularizer, derived from the declarations (the search
+# spec checks a family's sub-space against it)
+REGULARIZER_PARAMS: dict[str, dict[str, Any]] = {name: REGULARIZERS.params(name) for name in REGULARIZERS}

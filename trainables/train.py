@@ -104,21 +104,11 @@ def _seed_everything(seed: int) -> torch.Generator:
 
 
 def _make_optimizer(cfg: TrialConfig, params, lr: float) -> torch.optim.Optimizer:
-    o = cfg.optim
-    if o.name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=o.weight_decay)
-    momentum = o.momentum if o.name == "momentum" else 0.0
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=bool(o.nesterov),
-                           weight_decay=o.weight_decay)
+    return cfg.optim.optimizer.build(params, lr=lr, weight_decay=cfg.optim.weight_decay)
 
 
 def _make_scheduler(cfg: TrialConfig, opt: torch.optim.Optimizer):
-    o = cfg.optim
-    if o.lr_schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=o.lr_step, gamma=o.lr_gamma)
-    if o.lr_schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=o.epochs)
-    return None
+    return cfg.optim.schedule.build(opt, epochs=cfg.optim.epochs)
 
 
 class _Trainer:
@@ -144,10 +134,11 @@ class _Trainer:
     # -- the proximal step, masks and tying ----------------------------------------------------
 
     @torch.no_grad()
-    def _prox(self, step: float) -> None:
+    def _prox(self, lr: float, step: int) -> None:
+        """The regularizer's step after optimizer step number ``step`` (the prox, step size ``lr``)."""
         for layer in self.layers:
-            layer.apply_prox(step)
-        if self.cfg.regularizer.mask_pruned:
+            layer.apply_update(lr=lr, step=step, epoch=self.epoch)
+        if getattr(self.cfg.regularizer, "mask_pruned", False):  # sparsifying families declare it
             self._update_masks()
 
     @torch.no_grad()
@@ -209,6 +200,7 @@ class _Trainer:
         self.model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        step = self.epoch * math.ceil(len(self.data.train) / cfg.optim.batch_size)  # steps so far
         for xb, yb in batches(self.data.train, cfg.optim.batch_size, shuffle=True,
                               generator=self.generator, augment=self.data.augment):
             out = self.model(xb)
@@ -217,14 +209,15 @@ class _Trainer:
             loss.backward()
             self.optimizer.step()
             if prox_step:
-                self._prox(lr)
+                self._prox(lr, step)
+            step += 1
             self._apply_masks()
             if tie_step:
                 self._tie()
             loss_sum += loss.detach().double() * len(yb)
             correct += (out.detach().argmax(1) == yb).sum()
         if self.uses_prox and not retrain and cfg.regularizer.prox_every == "epoch":
-            self._prox(lr)
+            self._prox(lr, step - 1)
             self._apply_masks()
         if retrain and cfg.tying.every == "epoch":
             self._tie()

@@ -1,4 +1,6 @@
-"""Regularizers: a registry of small objects with ``penalty(W)`` and ``prox(W, step)``.
+"""Regularizers: one module per family, its parameters (a config class) beside its implementation
+(a small object with ``penalty(W)``, ``prox(W, step)`` and the ``update`` hook the training loop
+calls after each optimizer step).
 
 ``none``, ``l2``, ``l1``, ``group_lasso``, ``exclusive_lasso``, ``cges``, ``growl`` (OSCAR is
 ``growl`` with ``p = 1``). ``build_layer_regularizers(cfg, model)`` resolves a config against a
@@ -7,25 +9,35 @@ model: which layers, which grouping, and each layer's values of the depth schedu
 
 from __future__ import annotations
 
-from . import cges, exclusive_lasso, group_lasso, growl, l1, l2, none  # noqa: F401 (registration)
-from .base import (
+from ..families import REGULARIZERS
+
+# registration, in the order the families are listed (docs, "valid" lists)
+from . import none, l2, l1, group_lasso, exclusive_lasso, cges, growl  # noqa: E402, F401, I001  isort: skip
+from .base import (  # noqa: E402
     REGISTRY,
-    SCHEDULED_PARAMS,
+    LamConfig,
     LayerRegularizer,
     Regularizer,
     build_layer_regularizers,
     get_regularizer,
     register,
+    scheduled_params,
     select_layers,
 )
 
+# Parameters given as a schedule over depth (a number, a list, or {first, last}), over all families.
+SCHEDULED_PARAMS = tuple(sorted({p for _, cfg in REGULARIZERS.items() for p in scheduled_params(cfg)}))
+
 __all__ = [
     "REGISTRY",
+    "REGULARIZERS",
     "SCHEDULED_PARAMS",
+    "LamConfig",
     "LayerRegularizer",
     "Regularizer",
     "build_layer_regularizers",
     "get_regularizer",
     "register",
+    "scheduled_params",
     "select_layers",
 ]

@@ -1,16 +1,26 @@
-"""The regularizer interface, the registry, and the per-layer plan built from a config."""
+"""The regularizer interface, the registry, and the per-layer plan built from a config.
+
+A regularizer family is two classes in one module: its parameters (a
+:class:`~trainables.families.RegularizerConfig` subclass with a ``name`` literal) and its
+implementation (a :class:`Regularizer` subclass, built per layer from those parameters), joined by
+``@register``, which adds both to their registries (:data:`REGISTRY` by name for the
+implementation, :data:`~trainables.families.REGULARIZERS` for the config tree).
+"""
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from ..config import LAYER_SELECTIONS, ConfigError, RegularizerConfig, resolve_schedule
+from pydantic import Field, model_validator
+
+from ..configbase import ConfigError, Schedule, _check_schedule, resolve_schedule
+from ..families import LAYER_SELECTIONS, REGULARIZERS, RegularizerConfig
 from ..groups import from_groups, to_groups
 
 __all__ = [
@@ -21,30 +31,40 @@ __all__ = [
     "LayerRegularizer",
     "select_layers",
     "build_layer_regularizers",
-    "SCHEDULED_PARAMS",
+    "LamConfig",
+    "mask_pruned",
+    "scheduled_params",
 ]
-
-# Parameters given as a schedule over depth (a number, a list, or {first, last}).
-SCHEDULED_PARAMS = ("lam", "mu", "lambda1", "lambda2", "group_scale", "exclusive_scale")
 
 
 class Regularizer(ABC):
-    """A penalty ``Omega`` on one layer's group matrix ``W`` (``[groups, members]``).
+    """What a regularizer does to one layer's group matrix ``W`` (``[groups, members]``).
 
-    ``penalty(W)`` is ``Omega(W)``, strengths included. ``prox(W, step)`` is
-    ``argmin_X 1/2||X - W||^2 + step * Omega(X)``: the training loop calls it right after the
-    optimizer step with ``step`` = the current learning rate. Both are pure (never modify ``W``).
-    Subclasses are built with their per-layer parameter values as keyword arguments.
+    The training loop calls ``update(W, lr=..., step=..., epoch=...)`` right after the optimizer
+    step (every step, or once per epoch with ``prox_every: epoch``) and writes the result back.
+    For a penalty ``Omega`` (every family so far) that is the proximal step with step size = the
+    current learning rate: ``prox(W, lr) = argmin_X 1/2||X - W||^2 + lr * Omega(X)``, and
+    ``penalty(W)`` is ``Omega(W)``, strengths included (logged each epoch). A family that is no
+    penalty (gradual magnitude pruning, whose "prox" is a mask driven by a schedule over
+    ``step``/``epoch``) overrides ``update`` and keeps the zero ``penalty``. All are pure (never
+    modify ``W``). Subclasses are built with their per-layer parameter values as keyword
+    arguments (``params``: the config field names they take).
     """
 
     name: ClassVar[str]
+    config: ClassVar[type[RegularizerConfig]]  # the family's parameters
     params: ClassVar[tuple[str, ...]] = ()  # constructor arguments, in config field names
 
-    @abstractmethod
-    def penalty(self, W: torch.Tensor) -> torch.Tensor: ...
+    def penalty(self, W: torch.Tensor) -> torch.Tensor:
+        return W.new_zeros(())
 
-    @abstractmethod
-    def prox(self, W: torch.Tensor, step: float) -> torch.Tensor: ...
+    def prox(self, W: torch.Tensor, step: float) -> torch.Tensor:
+        raise NotImplementedError(f"regularizer {self.name!r} has no proximal operator")
+
+    def update(self, W: torch.Tensor, *, lr: float, step: int, epoch: int) -> torch.Tensor:
+        """``W`` after optimizer step number ``step`` (counted from 0 over the run) in ``epoch``
+        (from 0): the proximal step with step size ``lr`` unless a family says otherwise."""
+        return self.prox(W, lr)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{p}={getattr(self, p)!r}" for p in self.params)
@@ -55,10 +75,41 @@ REGISTRY: dict[str, type[Regularizer]] = {}
 
 
 def register(cls: type[Regularizer]) -> type[Regularizer]:
+    """Class decorator: register a :class:`Regularizer` and its ``config`` family under ``name``."""
     if cls.name in REGISTRY:
         raise ValueError(f"regularizer {cls.name!r} is already registered ({REGISTRY[cls.name]!r})")
+    if cls.config.family_name() != cls.name:
+        raise ValueError(f"regularizer {cls.name!r} has the config of {cls.config.family_name()!r}")
+    unknown = [p for p in cls.params if p not in cls.config.model_fields]
+    if unknown:
+        raise ValueError(f"regularizer {cls.name!r} takes {unknown}, which its config does not declare")
+    REGULARIZERS.register(cls.config)
+    cls.config.impl = cls
     REGISTRY[cls.name] = cls
     return cls
+
+
+def scheduled_params(cfg: RegularizerConfig | type[RegularizerConfig]) -> tuple[str, ...]:
+    """The fields of a regularizer config given as a schedule over depth (number, list, {first, last})."""
+    cls = cfg if isinstance(cfg, type) else type(cfg)
+    return tuple(f for f, info in cls.model_fields.items() if info.annotation == Schedule)
+
+
+def mask_pruned(default: bool) -> Any:
+    """The ``mask_pruned`` field of a sparsifying family, with that family's default."""
+    return Field(default, description="keep groups that reached zero at zero for the rest of training")
+
+
+class LamConfig(RegularizerConfig):
+    """A family with one strength schedule ``lam`` (families override its default)."""
+
+    lam: Schedule = Field(1e-3, description="the strength: a number, one per regularized layer, or "
+                                            "{first, last} linear in depth")
+
+    @model_validator(mode="after")
+    def _check_lam(self) -> LamConfig:
+        _check_schedule(self.lam, "lam", 0)
+        return self
 
 
 def get_regularizer(name: str) -> type[Regularizer]:
@@ -85,8 +136,16 @@ class LayerRegularizer:
 
     @torch.no_grad()
     def apply_prox(self, step: float) -> None:
+        self._write(self.regularizer.prox(to_groups(self.module.weight.detach(), self.grouping), step))
+
+    @torch.no_grad()
+    def apply_update(self, *, lr: float, step: int, epoch: int) -> None:
+        """The regularizer's step after the optimizer's (see :meth:`Regularizer.update`)."""
+        G = to_groups(self.module.weight.detach(), self.grouping)
+        self._write(self.regularizer.update(G, lr=lr, step=step, epoch=epoch))
+
+    def _write(self, new: torch.Tensor) -> None:
         W = self.module.weight
-        new = self.regularizer.prox(to_groups(W.detach(), self.grouping), step)
         W.copy_(from_groups(new, W.shape, self.grouping))
 
 
@@ -127,9 +186,10 @@ def build_layer_regularizers(cfg: RegularizerConfig, model: nn.Module) -> list[L
     if not layers and cfg.name != "none":
         raise ConfigError([("regularizer.layers", "selects no layer of this model", cfg.layers)])
     per_layer: list[dict[str, Any]] = [{} for _ in layers]
+    scheduled = scheduled_params(cfg)
     for param in cls.params:
         value = getattr(cfg, param)
-        values = resolve_schedule(value, len(layers), param) if param in SCHEDULED_PARAMS else [value] * len(layers)
+        values = resolve_schedule(value, len(layers), param) if param in scheduled else [value] * len(layers)
         for kwargs, v in zip(per_layer, values):
             kwargs[param] = v
     return [LayerRegularizer(name, module, cfg.groups, cls(**kwargs))

@@ -9,12 +9,41 @@ and ``g_l``, ``e_l`` optional per-layer factors (the official code's ``glayerwis
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field, model_validator
 
+from ..configbase import Ends, Schedule, _check_schedule
 from ..prox import cges_step, prox_exclusive_lasso, prox_group_lasso
-from .base import Regularizer, register
+from .base import LamConfig, Regularizer, mask_pruned, register
 
-__all__ = ["CGES"]
+__all__ = ["CGES", "CGESConfig"]
+
+
+class CGESConfig(LamConfig):
+    """CGES (Yoon & Hwang 2017) with the official code's settings."""
+
+    name: Literal["cges"] = "cges"
+    groups: Literal["input", "input_position", "filter"] = "input_position"
+    lam: Schedule = 1e-2
+    mu: Schedule = Field(Ends(first=0.2, last=0.8),
+                         description="per-layer weight of the exclusive term in [0, 1] (the group term "
+                                     "gets 1 - mu); rising with depth in the official code")
+    exact: bool = Field(False, description="the exact exclusive prox after the group step, instead of "
+                                           "the official one-shot threshold")
+    group_scale: Schedule = Field(1.0, description="per-layer factor on the group term (official "
+                                                   "`glayerwise`)")
+    exclusive_scale: Schedule = Field(1.0, description="per-layer factor on the exclusive term "
+                                                       "(official `elayerwise`)")
+    mask_pruned: bool = mask_pruned(False)
+
+    @model_validator(mode="after")
+    def _check(self) -> CGESConfig:
+        _check_schedule(self.mu, "mu", 0, 1)
+        _check_schedule(self.group_scale, "group_scale", 0)
+        _check_schedule(self.exclusive_scale, "exclusive_scale", 0)
+        return self
 
 
 @register
@@ -26,6 +55,7 @@ class CGES(Regularizer):
     """
 
     name = "cges"
+    config = CGESConfig
     params = ("lam", "mu", "group_scale", "exclusive_scale", "exact")
 
     def __init__(self, lam: float, mu: float, group_scale: float = 1.0,

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
+from ..configbase import Schedule
 from ..prox import prox_exclusive_lasso
-from .base import Regularizer, register
+from .base import LamConfig, Regularizer, mask_pruned, register
 
-__all__ = ["ExclusiveLasso"]
+__all__ = ["ExclusiveLasso", "ExclusiveLassoConfig"]
+
+
+class ExclusiveLassoConfig(LamConfig):
+    """Exclusive lasso over CGES's groups (one per input position)."""
+
+    name: Literal["exclusive_lasso"] = "exclusive_lasso"
+    groups: Literal["input", "input_position", "filter"] = "input_position"
+    lam: Schedule = 3e-3
+    mask_pruned: bool = mask_pruned(False)
 
 
 @register
@@ -16,6 +28,7 @@ class ExclusiveLasso(Regularizer):
     of a group always survives, so no group is ever removed whole."""
 
     name = "exclusive_lasso"
+    config = ExclusiveLassoConfig
     params = ("lam",)
 
     def __init__(self, lam: float):

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
+from ..configbase import Schedule
 from ..prox import prox_group_lasso
-from .base import Regularizer, register
+from .base import LamConfig, Regularizer, mask_pruned, register
 
-__all__ = ["GroupLasso"]
+__all__ = ["GroupLasso", "GroupLassoConfig"]
+
+
+class GroupLassoConfig(LamConfig):
+    """Group lasso as GrOWL's baseline: per-epoch prox and masking, like the official code."""
+
+    name: Literal["group_lasso"] = "group_lasso"
+    prox_every: Literal["step", "epoch"] = "epoch"
+    lam: Schedule = 0.1
+    mask_pruned: bool = mask_pruned(True)
 
 
 @register
@@ -16,6 +28,7 @@ class GroupLasso(Regularizer):
     neuron/channel. Equals GrOWL with constant weights (``lambda2 = 0``)."""
 
     name = "group_lasso"
+    config = GroupLassoConfig
     params = ("lam",)
 
     def __init__(self, lam: float):

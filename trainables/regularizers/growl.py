@@ -8,17 +8,44 @@ correlated rows. ``p = 1`` is OSCAR; ``lambda2 = 0`` is the group lasso.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field, model_validator
 
+from ..configbase import Schedule, _check_schedule, _finite
+from ..families import LAYER_SELECTIONS, RegularizerConfig
 from ..prox import _growl_prox_unchecked, growl_weights
-from .base import Regularizer, growl_rank, register
+from .base import Regularizer, growl_rank, mask_pruned, register
 
-__all__ = ["GrOWL"]
+__all__ = ["GrOWL", "GrOWLConfig"]
+
+
+class GrOWLConfig(RegularizerConfig):
+    """GrOWL (Zhang et al. 2018) as in the official code: prox once per epoch, pruned rows masked,
+    the last layer left alone. OSCAR is ``p: 1``."""
+
+    name: Literal["growl"] = "growl"
+    prox_every: Literal["step", "epoch"] = "epoch"
+    layers: Literal[LAYER_SELECTIONS] | list[int | str] = "all_but_last"  # type: ignore[valid-type]
+    p: float = Field(0.5, description="fraction of rows with a decreasing weight (Eq. 9), in (0, 1]; "
+                                      "1 is OSCAR")
+    lambda1: Schedule = Field(0.1, description="the constant part of the weights (the group-lasso term)")
+    lambda2: Schedule = Field(1e-3, description="the slope of the decreasing weights (the tying term)")
+    mask_pruned: bool = mask_pruned(True)
+
+    @model_validator(mode="after")
+    def _check(self) -> GrOWLConfig:
+        _finite(self.p, "p", 0, 1, lo_open=True)
+        _check_schedule(self.lambda1, "lambda1", 0)
+        _check_schedule(self.lambda2, "lambda2", 0)
+        return self
 
 
 @register
 class GrOWL(Regularizer):
     name = "growl"
+    config = GrOWLConfig
     params = ("p", "lambda1", "lambda2")
 
     def __init__(self, p: float, lambda1: float, lambda2: float):

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
+from ..configbase import Schedule
 from ..prox import prox_l1
-from .base import Regularizer, register
+from .base import LamConfig, Regularizer, mask_pruned, register
 
-__all__ = ["L1"]
+__all__ = ["L1", "L1Config"]
+
+
+class L1Config(LamConfig):
+    """The lasso: element-wise sparsity."""
+
+    name: Literal["l1"] = "l1"
+    lam: Schedule = 1e-3
+    mask_pruned: bool = mask_pruned(False)
 
 
 @register
 class L1(Regularizer):
     name = "l1"
+    config = L1Config
     params = ("lam",)
 
     def __init__(self, lam: float):

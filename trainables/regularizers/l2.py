@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import torch
 
+from ..configbase import Schedule
 from ..prox import _flush_
-from .base import Regularizer, register
+from .base import LamConfig, Regularizer, register
 
-__all__ = ["L2"]
+__all__ = ["L2", "L2Config"]
+
+
+class L2Config(LamConfig):
+    """Squared l2 as a proximal step on the selected layers (not `optim.weight_decay`)."""
+
+    sparsifies: ClassVar[bool] = False
+    name: Literal["l2"] = "l2"
+    lam: Schedule = 1e-3  # suits the embedded default (digits, mlp, sgd lr 0.1); tune it per problem
 
 
 @register
@@ -17,6 +28,7 @@ class L2(Regularizer):
     zero by itself, so entries below ``prox.FLUSH_BELOW`` are flushed to 0 (no subnormals)."""
 
     name = "l2"
+    config = L2Config
     params = ("lam",)
 
     def __init__(self, lam: float):

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import torch
 
+from ..families import RegularizerConfig
 from .base import Regularizer, register
 
-__all__ = ["NoRegularizer"]
+__all__ = ["NoRegularizer", "NoneConfig"]
+
+
+class NoneConfig(RegularizerConfig):
+    """No regularization: the selected layers are still the ones tying works on."""
+
+    sparsifies: ClassVar[bool] = False
+    name: Literal["none"] = "none"
 
 
 @register
 class NoRegularizer(Regularizer):
     name = "none"
+    config = NoneConfig
 
     def penalty(self, W: torch.Tensor) -> torch.Tensor:
         return W.new_zeros(())

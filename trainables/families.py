@@ -1,0 +1,339 @@
+"""Families: one pydantic model per choice, registered beside its implementation.
+
+A *family* is one choice of a config section that is picked by name: a dataset source
+(``data.name``), a model (``model.name``), a regularizer (``regularizer.name``), an optimizer
+(``optim.name``) and a learning-rate schedule (``optim.lr_schedule``). Each family is one class,
+declared in the module that implements it::
+
+    @MODELS.register
+    class MLPConfig(ModelConfig):
+        name: Literal["mlp"] = "mlp"
+        hidden: list[int] = Field([300], description="hidden layer widths")
+
+        def build(self, spec: DataSpec) -> nn.Module: ...
+
+The class is the family's whole declaration: its fields are its parameters, their defaults the
+family's defaults, their descriptions the documentation (``docs/CONFIG.md``), its validators its
+checks. :class:`Registry` collects the classes of one kind; :mod:`trainables.config` joins them
+into a discriminated union per section, so validation, ``to_dict()``, the search-space paths and
+the documentation all come from these declarations, with no parallel table to keep in step.
+
+A family's base class (``ModelConfig``, ``DataConfig``, ...) holds the fields every family of its
+kind has. ``ModelConfig.model_validate(d)`` on a base picks the family named in ``d``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union, get_args, get_origin
+
+from pydantic import AfterValidator, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
+
+from .configbase import UNION_TAGS, _absolute_path, _FieldError, _finite, _from_validation_error, _Strict
+
+__all__ = [
+    "Family",
+    "Registry",
+    "DataConfig",
+    "ModelConfig",
+    "RegularizerConfig",
+    "OptimizerConfig",
+    "LRScheduleConfig",
+    "DATASETS",
+    "MODELS",
+    "REGULARIZERS",
+    "OPTIMIZERS",
+    "LR_SCHEDULES",
+    "REGISTRIES",
+    "LAYER_SELECTIONS",
+    "AbsolutePath",
+    "family_params",
+]
+
+
+class Family(_Strict):
+    """Base of every family declaration. Subclasses set ``name: Literal["..."] = "..."``.
+
+    Before validation a family drops the keys given as ``None`` (a parameter left out gets the
+    family's default) and rejects a parameter that belongs to another family of its kind, naming
+    the chosen family and its own parameters."""
+
+    registry: ClassVar[Registry[Any] | None] = None  # set by Registry.register on the family class
+
+    name: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = {k: v for k, v in data.items() if v is not None}
+        registry = cls.registry
+        if registry is not None and cls is not registry.base:
+            own = set(cls.model_fields)
+            for key, value in data.items():
+                if key not in own and registry.owns(key):
+                    params = ", ".join(sorted(registry.params(cls.family_name()))) or "none"
+                    raise _FieldError(key, f"not a parameter of {registry.kind} {cls.family_name()!r} "
+                                           f"(its parameters: {params})", value)
+        return data
+
+    @classmethod
+    def family_name(cls) -> str:
+        """The name this family is registered under (its ``name`` literal)."""
+        args = get_args(cls.model_fields["name"].annotation)
+        if get_origin(cls.model_fields["name"].annotation) is not Literal or len(args) != 1:
+            raise TypeError(f"{cls.__name__}.name must be a one-value Literal, "
+                            f"e.g. name: Literal['mlp'] = 'mlp'")
+        return args[0]
+
+    def __new__(cls, *args: Any, **data: Any) -> Any:
+        # ``DataConfig(name="mnist", path=...)`` on a kind's base class builds the named family
+        # (Python then runs the family's __init__ on it with the same fields, which is idempotent)
+        registry = cls.registry
+        if data and registry is not None and cls is registry.base:
+            return registry.adapter().validate_python(data)
+        return super().__new__(cls)
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:
+        """On a kind's base class (``ModelConfig.model_validate(d)``): the family named in ``d``."""
+        registry = cls.registry
+        if registry is not None and cls is registry.base:
+            return registry.adapter().validate_python(obj, **kwargs)
+        return super().model_validate(obj, **kwargs)
+
+
+F = TypeVar("F", bound=Family)
+
+
+class Registry(Generic[F]):
+    """The registered families of one kind, by name.
+
+    ``kind`` names the family in messages ("model"), ``section`` is the config section that holds
+    it and ``key`` the field that names it there, ``default`` the family used when ``key`` is
+    left out. Registration happens when the family's module is imported; the config tree is built
+    from the registries when :mod:`trainables.config` is imported, which imports every built-in."""
+
+    def __init__(self, kind: str, base: type[F], *, section: str, key: str = "name", default: str):
+        self.kind, self.base, self.section, self.key, self.default = kind, base, section, key, default
+        self._families: dict[str, type[F]] = {}
+        self._adapter: TypeAdapter | None = None
+        self.frozen = False  # set once the config tree has been built from this registry
+        base.registry = self
+
+    # -- registration ------------------------------------------------------------------------------
+
+    def register(self, cls: type[F]) -> type[F]:
+        """Class decorator: add a family (its ``name`` literal is its name; duplicates are an error)."""
+        if not (isinstance(cls, type) and issubclass(cls, self.base)) or cls is self.base:
+            raise TypeError(f"a {self.kind} family must subclass {self.base.__name__}, got {cls!r}")
+        name = cls.family_name()
+        if name in self._families:
+            raise ValueError(f"{self.kind} {name!r} is already registered ({self._families[name].__name__})")
+        if self.frozen:
+            raise RuntimeError(f"{self.kind} {name!r} is registered after the config tree was built: "
+                               f"import its module before trainables.config")
+        self._families[name] = cls
+        self._adapter = None
+        UNION_TAGS.add(self.tag(name))
+        return cls
+
+    # -- lookup ------------------------------------------------------------------------------------
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._families
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._families)
+
+    def __len__(self) -> int:
+        return len(self._families)
+
+    def names(self) -> list[str]:
+        return list(self._families)
+
+    def items(self) -> list[tuple[str, type[F]]]:
+        return list(self._families.items())
+
+    def get(self, name: str) -> type[F]:
+        try:
+            return self._families[name]
+        except (KeyError, TypeError):
+            raise ValueError(f"unknown {self.kind} {name!r}; valid: {sorted(self._families)}") from None
+
+    __getitem__ = get
+
+    def params(self, name: str) -> dict[str, Any]:
+        """The parameters of family ``name`` with their defaults (every field but ``name``)."""
+        cls = self.get(name)
+        return {f: info.get_default(call_default_factory=True)
+                for f, info in cls.model_fields.items() if f != "name"}
+
+    def owns(self, field: str) -> bool:
+        """Whether ``field`` is a parameter of some family of this kind (but not of the base)."""
+        return field not in self.base.model_fields and any(
+            field in cls.model_fields for cls in self._families.values())
+
+    # -- the union ---------------------------------------------------------------------------------
+
+    def tag(self, name: str) -> str:
+        return f"{self.kind}:{name}"
+
+    def _discriminate(self, value: Any) -> str:
+        if isinstance(value, dict):
+            name = value.get(self.key, self.default)
+        else:  # a family instance; anything else fails as "expected a mapping" on the default
+            name = getattr(value, self.key, self.default)
+        return self.tag(name) if isinstance(name, str) else f"{self.kind}:{name!r}"
+
+    def union(self) -> Any:
+        """``Annotated[Union[family classes], Discriminator]`` over the registered families."""
+        if not self._families:
+            raise RuntimeError(f"no {self.kind} family is registered")
+        members = tuple(Annotated[cls, Tag(self.tag(name))] for name, cls in self._families.items())
+        return Annotated[Union[members], Discriminator(self._discriminate)]  # noqa: UP007
+
+    def adapter(self) -> TypeAdapter:
+        if self._adapter is None:
+            self._adapter = TypeAdapter(self.union())
+        return self._adapter
+
+    def validate(self, data: Any) -> F:
+        """The family config for ``data`` (``ConfigError`` naming ``section.field`` on a problem)."""
+        try:
+            return self.adapter().validate_python(data)
+        except ValidationError as e:
+            raise _from_validation_error(e, prefix=self.section) from None
+
+    def default_factory(self) -> F:
+        return self.get(self.default)()
+
+
+def family_params(kind: str, name: str) -> dict[str, Any]:
+    """The parameters of one family with their defaults, e.g. ``family_params("regularizer", "cges")``."""
+    for registry in REGISTRIES:
+        if registry.kind == kind:
+            return registry.params(name)
+    raise ValueError(f"unknown family kind {kind!r}; valid: {[r.kind for r in REGISTRIES]}")
+
+
+# ----------------------------------------------------------------------------- the kinds
+
+
+class DataConfig(Family):
+    """Which data, and how it is split. Splits depend only on ``split_seed``, not on ``seed``.
+
+    A dataset family implements ``describe() -> DataSpec`` (cheap: shapes and classes, every
+    problem as a ``ConfigError``) and ``load(device) -> Dataset`` (see :mod:`trainables.data`)."""
+
+    name: str = Field("digits", description="the dataset source (one of the families below)")
+    val_fraction: float = Field(0.1, description="fraction of the training part held out for validation")
+    test_fraction: float = Field(0.2, description="fraction held out for testing, only for data "
+                                                  "without an official test split")
+    test_split: Literal["random", "last"] = Field(
+        "random", description="which examples are the test set: a random subset, or the last ones in "
+                              "file order")
+    split_seed: int = Field(0, description="seed of the splits (not the trial's `seed`)")
+    train_subset: int | None = Field(None, description="keep at most this many training examples")
+
+    @model_validator(mode="after")
+    def _check_split(self) -> DataConfig:
+        _finite(self.val_fraction, "val_fraction", 0, 1, hi_open=True)
+        _finite(self.test_fraction, "test_fraction", 0, 1, lo_open=True, hi_open=True)
+        if self.train_subset is not None and self.train_subset < 1:
+            raise _FieldError("train_subset", "`train_subset >= 1` must hold", self.train_subset)
+        if self.split_seed < 0:  # numpy's default_rng takes non-negative seeds only
+            raise _FieldError("split_seed", "`split_seed >= 0` must hold", self.split_seed)
+        return self
+
+    def describe(self) -> Any:  # -> DataSpec
+        raise NotImplementedError(f"dataset {self.name!r} does not implement describe()")
+
+    def load(self, device: Any = "cpu") -> Any:  # -> Dataset
+        raise NotImplementedError(f"dataset {self.name!r} does not implement load()")
+
+
+# A path field of a family: made absolute when the config is built (Ray moves each trial into its
+# own working directory).
+AbsolutePath = Annotated[str | None, AfterValidator(_absolute_path)]
+
+
+class ModelConfig(Family):
+    """The network. A model family implements ``build(spec: DataSpec) -> nn.Module``: a plain
+    module for inputs of shape ``spec.input_shape`` that returns ``[batch, spec.num_classes]``."""
+
+    name: str = Field("mlp", description="the model (one of the families below)")
+
+    def build(self, spec: Any) -> Any:  # -> nn.Module
+        raise NotImplementedError(f"model {self.name!r} does not implement build()")
+
+
+LAYER_SELECTIONS = ("all", "all_but_first", "all_but_last", "inner")
+
+
+class RegularizerConfig(Family):
+    """The structured-sparsity regularizer, with its papers' parameters.
+
+    Schedules (``lam``, ``mu``, ``lambda1``, ...) take a number (every regularized layer), a list
+    (one value per regularized layer, in model order) or ``{first: a, last: b}`` (linear in
+    depth). A regularizer family names its implementation in ``impl`` (a
+    :class:`trainables.regularizers.Regularizer` subclass built per layer from the family's
+    parameters); families override the defaults of the common fields where their papers differ."""
+
+    impl: ClassVar[type | None] = None  # set by trainables.regularizers.register
+    sparsifies: ClassVar[bool] = True  # whether the family zeroes weights (not none, not l2)
+
+    name: str = Field("none", description="the regularizer (one of the families below)")
+    groups: Literal["input", "input_position", "filter"] = Field(
+        "input", description="the groups (rows) of a layer's weight: `input` (one per input neuron or "
+                             "channel, GrOWL), `input_position` (one per input channel and position, "
+                             "CGES), `filter` (one per output filter)")
+    layers: Literal[LAYER_SELECTIONS] | list[int | str] = Field(  # type: ignore[valid-type]
+        "all", description="which Conv2d/Linear layers are regularized: a keyword, or a list of "
+                           "indices (0 = first, -1 = last) or qualified layer names")
+    prox_every: Literal["step", "epoch"] = Field(
+        "step", description="when the proximal step runs: after every optimizer step, or once per epoch "
+                            "(step size = the current learning rate)")
+
+    @model_validator(mode="after")
+    def _check_layers(self) -> RegularizerConfig:
+        if isinstance(self.layers, list) and not self.layers:
+            raise _FieldError("layers", "an empty list; name at least one layer or use 'all'", [])
+        return self
+
+    @property
+    def sparsifying(self) -> bool:
+        return self.sparsifies
+
+
+class OptimizerConfig(Family):
+    """An optimizer family (``optim.name``): its parameters sit flat in the ``optim`` section.
+    Implements ``build(params, lr, weight_decay) -> torch.optim.Optimizer``."""
+
+    name: str = Field("sgd", description="the optimizer")
+
+    def build(self, params: Any, lr: float, weight_decay: float) -> Any:
+        raise NotImplementedError(f"optimizer {self.name!r} does not implement build()")
+
+
+class LRScheduleConfig(Family):
+    """A learning-rate schedule family (``optim.lr_schedule``): its parameters sit flat in the
+    ``optim`` section. Implements ``build(optimizer, epochs)`` -> an LR scheduler stepped once per
+    epoch, or ``None`` for a constant rate."""
+
+    name: str = Field("constant", description="the learning-rate schedule")
+
+    def build(self, optimizer: Any, epochs: int) -> Any:
+        raise NotImplementedError(f"lr_schedule {self.name!r} does not implement build()")
+
+
+DATASETS: Registry[DataConfig] = Registry("dataset", DataConfig, section="data", default="digits")
+MODELS: Registry[ModelConfig] = Registry("model", ModelConfig, section="model", default="mlp")
+REGULARIZERS: Registry[RegularizerConfig] = Registry("regularizer", RegularizerConfig,
+                                                     section="regularizer", default="none")
+OPTIMIZERS: Registry[OptimizerConfig] = Registry("optimizer", OptimizerConfig, section="optim",
+                                                 default="sgd")
+LR_SCHEDULES: Registry[LRScheduleConfig] = Registry("lr_schedule", LRScheduleConfig, section="optim",
+                                                    key="lr_schedule", default="constant")
+REGISTRIES = (DATASETS, MODELS, REGULARIZERS, OPTIMIZERS, LR_SCHEDULES)

@@ -1,0 +1,76 @@
+"""What every model family shares: ``build_model``, ``prunable_layers``, ``Coupling`` and the
+input-shape checks. The families themselves are one module each in this package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..configbase import _finite
+from ..data import DataSpec
+from ..families import MODELS, ModelConfig
+
+__all__ = ["Coupling", "build_model", "prunable_layers", "image_shape", "check_dropout"]
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """Producer ``P`` -> [BatchNorm ``bn`` on P's channels] -> channel-wise ops -> consumer ``C``.
+
+    Names are qualified module names (``model.get_submodule(name)``). ``positions`` is how many
+    consecutive consumer inputs one producer channel feeds: 1 for Linear -> Linear and for a Conv2d
+    consumer (which reads channel ``j`` as ``W[:, j]``); ``H*W`` for a Linear reading a flattened
+    conv map of spatial size ``H x W``.
+    """
+
+    producer: str
+    consumer: str
+    bn: str | None = None
+    positions: int = 1
+
+    def __post_init__(self) -> None:
+        if self.positions < 1:
+            raise ValueError(f"Coupling positions must be >= 1, got positions={self.positions}")
+
+
+def build_model(cfg: ModelConfig, spec: DataSpec) -> nn.Module:
+    """The model of family ``cfg.name`` for data described by ``spec``."""
+    family = MODELS.get(cfg.name)  # ValueError listing the registered models
+    if not isinstance(cfg, family):  # e.g. ModelConfig.model_construct(name=...)
+        raise ValueError(f"model config for {cfg.name!r} must be a {family.__name__}, "
+                         f"got {type(cfg).__name__}")
+    _check_spec(spec)
+    return cfg.build(spec)
+
+
+def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every ``nn.Linear`` / ``nn.Conv2d`` as ``(qualified name, module)``, in module order
+    (which is forward order for the models of this zoo)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_spec(spec: DataSpec) -> None:
+    shape = tuple(spec.input_shape)
+    if not shape or any(not isinstance(d, int) or d < 1 for d in shape):
+        raise ValueError(f"input_shape must be a non-empty tuple of positive ints, got {shape!r}")
+    if not isinstance(spec.num_classes, int) or spec.num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2, got num_classes={spec.num_classes!r}")
+
+
+def image_shape(spec: DataSpec, model: str) -> tuple[int, int, int]:
+    """``spec.input_shape`` as ``(C, H, W)``; a ``ValueError`` naming the model otherwise."""
+    shape = tuple(spec.input_shape)
+    if len(shape) != 3:
+        raise ValueError(f"model {model!r} needs image inputs (C, H, W), got input_shape={shape}")
+    return shape  # type: ignore[return-value]
+
+
+def check_dropout(value: float) -> None:
+    """A model family's ``dropout`` check: finite, in [0, 1)."""
+    _finite(value, "dropout", 0, 1, hi_open=True)
+
