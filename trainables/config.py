@@ -23,6 +23,7 @@ Search parameter names are field paths joined by ``/`` (``regularizer/lam``); Ra
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
