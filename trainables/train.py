@@ -32,7 +32,7 @@ from torch import nn
 from .compact import compact
 from .config import TrialConfig
 from .data import Dataset, DataSpec, Split, batches, load
-from .groups import from_groups
+from .groups import conv_groups, from_groups
 from .metrics import model_metrics
 from .models import build_model
 from .regularizers import LayerRegularizer, build_layer_regularizers
@@ -168,7 +168,7 @@ class _Trainer:
                 self.dead[layer.name] = dead
                 W = layer.module.weight
                 keep = (~dead).to(W.dtype).unsqueeze(1).expand_as(G)
-                self.masks[layer.name] = from_groups(keep, W.shape, layer.grouping).contiguous()
+                self.masks[layer.name] = from_groups(keep, W.shape, layer.grouping, conv_groups(layer.module)).contiguous()
             self._apply_mask(layer)
 
     def _apply_mask(self, layer: LayerRegularizer) -> None:

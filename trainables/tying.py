@@ -23,7 +23,7 @@ import torch
 from sklearn.cluster import AffinityPropagation
 from sklearn.exceptions import ConvergenceWarning
 
-from .groups import from_groups, to_groups
+from .groups import conv_groups, from_groups, to_groups
 
 __all__ = ["similarity", "cluster_rows", "LayerTying", "find_ties", "tie_", "ZERO_ROW_NORM"]
 
@@ -102,7 +102,7 @@ def find_ties(layers: list[tuple[str, torch.nn.Module, str]], *, preference: flo
     """Cluster the rows of each ``(name, module, grouping)`` layer."""
     found = []
     for name, module, grouping in layers:
-        labels, converged = cluster_rows(to_groups(module.weight.detach(), grouping), preference, damping)
+        labels, converged = cluster_rows(to_groups(module.weight.detach(), grouping, conv_groups(module)), preference, damping)
         tying = LayerTying(name, grouping, labels, converged, enabled=False)
         ratio = tying.n_clusters / max(tying.n_nonzero, 1)
         tying.enabled = converged and tying.n_nonzero > 0 and ratio <= max_cluster_ratio
@@ -116,7 +116,7 @@ def tie_(module: torch.nn.Module, tying: LayerTying) -> None:
     if not tying.enabled:
         return
     W = module.weight
-    G = to_groups(W.detach(), tying.grouping)
+    G = to_groups(W.detach(), tying.grouping, conv_groups(module))
     labels = torch.as_tensor(tying.labels, device=W.device)
     rows = torch.nonzero(labels >= 0).squeeze(1)
     lab = labels[rows]
@@ -125,4 +125,4 @@ def tie_(module: torch.nn.Module, tying: LayerTying) -> None:
     counts = torch.bincount(lab, minlength=k).to(G.dtype).unsqueeze(1)
     new = G.clone()
     new[rows] = (sums / counts)[lab]
-    W.copy_(from_groups(new, W.shape, tying.grouping))
+    W.copy_(from_groups(new, W.shape, tying.grouping, conv_groups(module)))

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..config import LAYER_SELECTIONS, ConfigError, RegularizerConfig, resolve_schedule
-from ..groups import from_groups, to_groups
+from ..groups import conv_groups, from_groups, to_groups
 
 __all__ = [
     "Regularizer",
@@ -78,16 +78,16 @@ class LayerRegularizer:
     regularizer: Regularizer
 
     def groups(self) -> torch.Tensor:
-        return to_groups(self.module.weight.detach(), self.grouping)
+        return to_groups(self.module.weight.detach(), self.grouping, conv_groups(self.module))
 
     def penalty(self) -> torch.Tensor:
-        return self.regularizer.penalty(to_groups(self.module.weight, self.grouping))
+        return self.regularizer.penalty(to_groups(self.module.weight, self.grouping, conv_groups(self.module)))
 
     @torch.no_grad()
     def apply_prox(self, step: float) -> None:
-        W = self.module.weight
-        new = self.regularizer.prox(to_groups(W.detach(), self.grouping), step)
-        W.copy_(from_groups(new, W.shape, self.grouping))
+        W, g = self.module.weight, conv_groups(self.module)
+        new = self.regularizer.prox(to_groups(W.detach(), self.grouping, g), step)
+        W.copy_(from_groups(new, W.shape, self.grouping, g))
 
 
 def select_layers(layers: list[tuple[str, nn.Module]], selection: str | list[int | str]
