@@ -62,10 +62,10 @@ def randomize_bn(model: nn.Module, gen: torch.Generator) -> None:
 
 
 def zero_random_groups(model: nn.Module, frac: float, gen: torch.Generator) -> None:
-    """Zero a random set of groups of every Linear/Conv2d, the groupings taking turns (input,
+    """Zero a random set of groups of every Linear/Conv2d, each with a random grouping (input,
     input_position, filter); a zeroed filter gets a non-zero bias (a constant channel)."""
-    for i, (_, m) in enumerate(prunable_layers(model)):
-        grouping, g = GROUPINGS[i % len(GROUPINGS)], conv_groups(m)
+    for _, m in prunable_layers(model):
+        grouping, g = GROUPINGS[int(torch.randint(len(GROUPINGS), (1,), generator=gen))], conv_groups(m)
         G = to_groups(m.weight.data, grouping, g).clone()
         dead = torch.rand(G.shape[0], generator=gen) < frac
         dead[0] = False

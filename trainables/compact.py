@@ -223,39 +223,57 @@ class _Item:
 
 
 def _live_rows(m: nn.Module) -> torch.Tensor:
+    """Per output row (filter / neuron): whether any weight is non-zero."""
     return m.weight.detach().reshape(m.weight.shape[0], -1).ne(0).any(1)
 
 
 def _live_columns(m: nn.Module) -> torch.Tensor:
-    w = m.weight.detach()
-    return w.transpose(0, 1).reshape(w.shape[1], -1).ne(0).any(1)
+    """Per input column (channel / feature): whether any weight reading it is non-zero."""
+    nz = m.weight.detach().ne(0)
+    return (nz.flatten(2).any(2) if nz.ndim > 2 else nz).any(0)
 
 
-def _consumer_inputs(net: nn.Module, shape: tuple[int, ...], cache: dict) -> dict:
-    """Every Linear/Conv's input for a batch of an all-zero, a random and a large random example
-    (kept in ``cache`` until the network changes)."""
-    if cache:
-        return cache
-    captured = cache
+class _Snapshot:
+    """What planning reads from the network, computed at most once per pass (the network does not
+    change while a pass plans)."""
 
-    def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        captured[module] = args[0].detach()
+    def __init__(self, net: nn.Module, shape: tuple[int, ...]):
+        self.net, self.shape = net, shape
+        self._rows: dict[nn.Module, torch.Tensor] = {}
+        self._cols: dict[nn.Module, torch.Tensor] = {}
+        self._inputs: dict[nn.Module, torch.Tensor] | None = None
 
-    x = _example(net, shape, batch=3)
-    gen = torch.Generator().manual_seed(0)
-    noise = torch.randn(2, *shape, generator=gen).to(x)
-    x[1], x[2] = noise[0], 100 * noise[1] + 3
-    handles = [m.register_forward_pre_hook(hook) for m in net.modules() if isinstance(m, _MIXING)]
-    try:
-        net(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return captured
+    def rows(self, m: nn.Module) -> torch.Tensor:
+        if m not in self._rows:
+            self._rows[m] = _live_rows(m)
+        return self._rows[m]
+
+    def cols(self, m: nn.Module) -> torch.Tensor:
+        if m not in self._cols:
+            self._cols[m] = _live_columns(m)
+        return self._cols[m]
+
+    def inputs(self) -> dict[nn.Module, torch.Tensor]:
+        """Every Linear/Conv's input for a batch of an all-zero, a random and a large random example."""
+        if self._inputs is None:
+            self._inputs = {}
+
+            def hook(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+                self._inputs[module] = args[0].detach()
+
+            x = _example(self.net, self.shape, batch=3)
+            noise = torch.randn(2, *self.shape, generator=torch.Generator().manual_seed(0)).to(x)
+            x[1], x[2] = noise[0], 100 * noise[1] + 3
+            handles = [m.register_forward_pre_hook(hook) for m in self.net.modules() if isinstance(m, _MIXING)]
+            try:
+                self.net(x)
+            finally:
+                for h in handles:
+                    h.remove()
+        return self._inputs
 
 
-def _plan(graph: tp.DependencyGraph, group: Any, calls: dict[nn.Module, int], net: nn.Module,
-          shape: tuple[int, ...], cache: dict) -> tuple[list[int], list[tuple[nn.Linear, torch.Tensor, torch.Tensor]]]:
+def _plan(graph: tp.DependencyGraph, group: Any, calls: dict[nn.Module, int], snap: _Snapshot) -> tuple[list[int], list[tuple[nn.Linear, torch.Tensor, torch.Tensor]]]:
     """Root channels to remove from one group, and the bias folds ``(linear, cols, values)`` first."""
     items = [_Item(graph, it, calls) for it in group.items]
     if any(it.role is None for it in items):
@@ -269,21 +287,21 @@ def _plan(graph: tp.DependencyGraph, group: Any, calls: dict[nn.Module, int], ne
         if it.terminal:
             protected[torch.as_tensor(sorted(set(it.roots)), device=device)] = True
         if it.role == "producer":
-            fed |= it.per_root(_live_rows(it.module), n)
+            fed |= it.per_root(snap.rows(it.module), n)
         elif it.role == "consumer":
-            read |= it.per_root(_live_columns(it.module), n)
+            read |= it.per_root(snap.cols(it.module), n)
     constant = ~fed & read & ~protected
     removable = ~read & ~protected
     folds: list[tuple[nn.Linear, torch.Tensor, torch.Tensor]] = []
     if constant.any():
         consumers = [it for it in items if it.role == "consumer"]
-        inputs = _consumer_inputs(net, shape, cache)
+        inputs = snap.inputs()
         ok = constant.clone()
         for it in consumers:
             same, zero = _constant_at(it, inputs[it.module])
             idxs = torch.as_tensor(it.idxs, device=device)
             foldable = isinstance(it.module, nn.Linear) and inputs[it.module].ndim == 2
-            good = ~_live_columns(it.module)[idxs] | (same & (zero | foldable))
+            good = ~snap.cols(it.module)[idxs] | (same & (zero | foldable))
             roots = torch.as_tensor(it.roots, device=device)
             ok &= torch.zeros(n, dtype=torch.long, device=device).index_add_(0, roots, (~good).long()).eq(0)
         removable |= ok
@@ -294,7 +312,7 @@ def _plan(graph: tp.DependencyGraph, group: Any, calls: dict[nn.Module, int], ne
                 continue
             idxs = torch.as_tensor(it.idxs, device=device)
             roots = torch.as_tensor(it.roots, device=device)
-            pick = (removable & constant)[roots] & _live_columns(it.module)[idxs]
+            pick = (removable & constant)[roots] & snap.cols(it.module)[idxs]
             if pick.any():
                 folds.append((it.module, idxs[pick], inputs[it.module][0, idxs[pick]]))
     if removable.all():
@@ -324,17 +342,22 @@ def _fold(q: nn.Linear, cols: torch.Tensor, x: torch.Tensor) -> None:
 
 def _one_pass(graph: tp.DependencyGraph, net: nn.Module, shape: tuple[int, ...],
               calls: dict[nn.Module, int]) -> bool:
-    changed, cache = False, {}
+    """Plan every group on the unchanged network (one forward pass for all constants), then fold
+    and prune. Decisions taken on one snapshot stay exact together: each removal preserves the
+    function on its own, a group's root channels belong to that group only (their indices stay
+    valid while other groups shrink), and a fold only adds to the bias of a consumer row that still
+    reads the channel (never to a row that another group finds constant)."""
+    plans, snap = [], _Snapshot(net, shape)
     for group in _groups(graph):
-        remove, folds = _plan(graph, group, calls, net, shape, cache)
-        if not remove:
-            continue
-        cache.clear()
+        remove, folds = _plan(graph, group, calls, snap)
+        if remove:
+            plans.append((group[0].dep.target.module, group[0].dep.handler, remove, folds))
+    for *_, folds in plans:
         for q, cols, x in folds:
             _fold(q, cols, x)
-        group.prune(idxs=remove, record_history=False)
-        changed = True
-    return changed
+    for module, handler, remove, _ in plans:
+        graph.get_pruning_group(module, handler, remove).prune(record_history=False)
+    return bool(plans)
 
 
 # ----------------------------------------------------------------------------- model inputs
