@@ -152,6 +152,7 @@ def test_torchvision_models(name, tmp_path):
         assert sum(m.groups for m in dw) < sum(m.groups for m in dense)
 
 
+@pytest.mark.slow  # ~30 s alone on 2 cores, minutes on a loaded machine
 def test_densenet121(tmp_path):
     """Dense blocks: every layer's output is concatenated into all later inputs."""
     torch.manual_seed(0)
