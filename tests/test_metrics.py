@@ -174,3 +174,20 @@ def test_bad_arguments_are_named():
         model_metrics(model, model, (4,), groupings={"fc1": "rows"})
     with pytest.raises(ValueError, match="input_shape"):
         model_metrics(model, model, (0,))
+
+
+def test_user_network_per_layer_rows_follow_the_compact_network():
+    """Layer rows of a traced user network: names from the dense model, shapes and FLOPs from the
+    compact one (inside CompactModel.net)."""
+    from compact_nets import user_net
+
+    model = user_net()
+    model.fc.weight.data[:, 8:] = 0  # the concatenated side branch is read by nobody
+    small = compact(model, (3, 8, 8))
+    m = model_metrics(model, small, (3, 8, 8), groupings={"fc": "input"})
+    rows = {r["name"]: r for r in m["layers"]}
+    assert rows["side"]["compact_shape"] == [1, 8, 1, 1]  # one channel kept: no zero-sized layer
+    assert rows["fc"]["compact_shape"] == [3, 9] and rows["fc"]["zero_groups"] == 4
+    assert rows["side"]["flops_compact"] == 2 * 1 * 8 * 64
+    assert m["flops_compact"] == sum(r["flops_compact"] for r in m["layers"])
+    assert m["flops_dense"] - m["flops_compact"] == 2 * 3 * 8 * 64 + 2 * 3 * 3

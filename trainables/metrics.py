@@ -41,6 +41,7 @@ __all__ = [
     "count_nonzero",
     "count_unique",
     "count_flops",
+    "eval_mode",
 ]
 
 
@@ -64,7 +65,7 @@ def count_unique(tensor: torch.Tensor) -> int:
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode inside the block; every submodule's own train/eval flag restored afterwards."""
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -86,7 +87,7 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, di
     x = torch.zeros(1, *input_shape, dtype=ref.dtype if ref is not None else torch.float32,
                     device=ref.device if ref is not None else "cpu")
     counter = FlopCounterMode(display=False)
-    with _eval_mode(model), torch.no_grad(), counter:
+    with eval_mode(model), torch.no_grad(), counter:
         model(x)
     root = type(model).__name__
     per_module: dict[str, int] = {}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .compact import compact
+from .compact import CompactionError, compact, uncompacted
 from .config import TrialConfig
 from .data import Dataset, DataSpec, Split, batches, load
-from .groups import from_groups
+from .groups import conv_groups, from_groups
 from .metrics import count_flops, model_metrics
 from .models import build_model, prunable_layers
 from .regularizers import LayerRegularizer, build_layer_regularizers
@@ -160,7 +161,7 @@ class _Trainer:
                 self.dead[layer.name] = dead
                 W = layer.module.weight
                 keep = (~dead).to(W.dtype).unsqueeze(1).expand_as(G)
-                self.masks[layer.name] = from_groups(keep, W.shape, layer.grouping).contiguous()
+                self.masks[layer.name] = from_groups(keep, W.shape, layer.grouping, conv_groups(layer.module)).contiguous()
             self._apply_mask(layer)
 
     def _apply_mask(self, layer: LayerRegularizer) -> None:
@@ -270,9 +271,16 @@ class _Trainer:
         if self.cfg.tying.enabled and self.ties is None:  # tying with no retraining epochs
             self._start_tying()
         self.model.eval()
-        small = compact(self.model)
+        shape = self.data.spec.input_shape
+        try:  # the same checks as trainables.compact.check_compactable, which validation runs first
+            small, compaction = compact(self.model, shape), "graph"
+        except CompactionError as e:  # never fail a finished run: measure the dense network instead
+            warnings.warn(f"{type(self.model).__name__} is not compacted (compaction: none; flops_compact "
+                          f"= flops_dense): {e}", stacklevel=2)
+            small, compaction = uncompacted(self.model), "none"
         groupings = {layer.name: layer.grouping for layer in self.layers}
-        final = model_metrics(self.model, small, self.data.spec.input_shape, groupings=groupings)
+        final = model_metrics(self.model, small, shape, groupings=groupings)
+        final["compaction"] = compaction
         test = evaluate(self.model, self.data.test)
         final = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], **final}
         regs = {layer.name: layer.regularizer for layer in self.layers}

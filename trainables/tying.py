@@ -40,7 +40,7 @@ import torch
 from sklearn.cluster import AffinityPropagation
 from sklearn.exceptions import ConvergenceWarning
 
-from .groups import from_groups, to_groups
+from .groups import conv_groups, from_groups, to_groups
 from .prox import ZERO_ROW_NORM  # rows at or below it are pruned: one definition, in prox
 
 __all__ = ["similarity", "cluster_rows", "Clustering", "LayerTying", "find_ties", "tie_", "scaled_convergence_iter",
@@ -156,7 +156,7 @@ def find_ties(layers: list[tuple[str, torch.nn.Module, str]], *, preference: flo
     clustering did not converge (it is left untied)."""
     found = []
     for name, module, grouping in layers:
-        c = cluster_rows(to_groups(module.weight.detach(), grouping), preference, damping,
+        c = cluster_rows(to_groups(module.weight.detach(), grouping, conv_groups(module)), preference, damping,
                          max_iter=max_iter, convergence_iter=convergence_iter, retries=retries)
         if not c.converged:
             warnings.warn(f"tying: affinity propagation did not converge for layer {name!r} (last try: "
@@ -176,7 +176,7 @@ def tie_(module: torch.nn.Module, tying: LayerTying) -> None:
     if not tying.enabled:
         return
     W = module.weight
-    G = to_groups(W.detach(), tying.grouping)
+    G = to_groups(W.detach(), tying.grouping, conv_groups(module))
     labels = torch.as_tensor(tying.labels, device=W.device)
     rows = torch.nonzero(labels >= 0).squeeze(1)
     lab = labels[rows]
@@ -185,4 +185,4 @@ def tie_(module: torch.nn.Module, tying: LayerTying) -> None:
     counts = torch.bincount(lab, minlength=k).to(G.dtype).unsqueeze(1)
     new = G.clone()
     new[rows] = (sums / counts)[lab]
-    W.copy_(from_groups(new, W.shape, tying.grouping))
+    W.copy_(from_groups(new, W.shape, tying.grouping, conv_groups(module)))

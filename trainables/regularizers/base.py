@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from ..configbase import ConfigError, Schedule, _check_schedule, resolve_schedule
 from ..families import LAYER_SELECTIONS, REGULARIZERS, RegularizerConfig
-from ..groups import from_groups, to_groups
+from ..groups import conv_groups, from_groups, to_groups
 
 __all__ = [
     "Regularizer",
@@ -129,24 +129,24 @@ class LayerRegularizer:
     regularizer: Regularizer
 
     def groups(self) -> torch.Tensor:
-        return to_groups(self.module.weight.detach(), self.grouping)
+        return to_groups(self.module.weight.detach(), self.grouping, conv_groups(self.module))
 
     def penalty(self) -> torch.Tensor:
-        return self.regularizer.penalty(to_groups(self.module.weight, self.grouping))
+        return self.regularizer.penalty(to_groups(self.module.weight, self.grouping, conv_groups(self.module)))
 
     @torch.no_grad()
     def apply_prox(self, step: float) -> None:
-        self._write(self.regularizer.prox(to_groups(self.module.weight.detach(), self.grouping), step))
+        self._write(self.regularizer.prox(to_groups(self.module.weight.detach(), self.grouping, conv_groups(self.module)), step))
 
     @torch.no_grad()
     def apply_update(self, *, lr: float, step: int, epoch: int) -> None:
         """The regularizer's step after the optimizer's (see :meth:`Regularizer.update`)."""
-        G = to_groups(self.module.weight.detach(), self.grouping)
+        G = to_groups(self.module.weight.detach(), self.grouping, conv_groups(self.module))
         self._write(self.regularizer.update(G, lr=lr, step=step, epoch=epoch))
 
     def _write(self, new: torch.Tensor) -> None:
         W = self.module.weight
-        W.copy_(from_groups(new, W.shape, self.grouping))
+        W.copy_(from_groups(new, W.shape, self.grouping, conv_groups(self.module)))
 
 
 def select_layers(layers: list[tuple[str, nn.Module]], selection: str | list[int | str]
