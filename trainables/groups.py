@@ -19,7 +19,7 @@ from typing import Literal, get_args
 
 import torch
 
-__all__ = ["Grouping", "GROUPINGS", "to_groups", "from_groups", "check_grouping"]
+__all__ = ["Grouping", "GROUPINGS", "to_groups", "from_groups", "check_grouping", "member_dims"]
 
 Grouping = Literal["input", "input_position", "filter"]
 GROUPINGS: tuple[str, ...] = get_args(Grouping)
@@ -62,3 +62,18 @@ def from_groups(M: torch.Tensor, shape: torch.Size | tuple[int, ...], grouping: 
     if len(shape) == 2 or grouping == "input_position":
         return M.t().reshape(shape)
     return M.reshape(in_, out_, *shape[2:]).transpose(0, 1).reshape(shape)
+
+
+def member_dims(ndim: int, grouping: str) -> tuple[int, ...]:
+    """The dimensions of a weight (2-D Linear, 4-D Conv2d) that one group's members span; the
+    other dimensions index the groups. A reduction over them with ``keepdim=True`` gives one
+    value per group that broadcasts back onto the weight, in any memory layout (channels_last
+    included), so a per-group step can run in place with no ``to_groups``/``from_groups`` copy.
+    Flattened, such a per-group result is in the order of :func:`to_groups`'s rows."""
+    check_grouping(grouping)
+    _check_weight((0,) * ndim)
+    if grouping == "filter":
+        return tuple(range(1, ndim))
+    if grouping == "input" and ndim == 4:
+        return (0, 2, 3)
+    return (0,)  # input_position (Linear or Conv2d), and input on a Linear

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..config import LAYER_SELECTIONS, ConfigError, RegularizerConfig, resolve_schedule
-from ..groups import from_groups, to_groups
+from ..groups import from_groups, member_dims, to_groups
 
 __all__ = [
     "Regularizer",
@@ -35,10 +35,15 @@ class Regularizer(ABC):
     ``argmin_X 1/2||X - W||^2 + step * Omega(X)``: the training loop calls it right after the
     optimizer step with ``step`` = the current learning rate. Both are pure (never modify ``W``).
     Subclasses are built with their per-layer parameter values as keyword arguments.
+
+    Where ``in_place`` is true, ``prox_(W, dims, step, scratch)`` does the same step in place on
+    the layer's weight itself (members spanning ``dims``, ``trainables.groups.member_dims``;
+    ``scratch`` a weight-sized buffer the caller keeps): the per-step fast path.
     """
 
     name: ClassVar[str]
     params: ClassVar[tuple[str, ...]] = ()  # constructor arguments, in config field names
+    in_place: bool = False
 
     @abstractmethod
     def penalty(self, W: torch.Tensor) -> torch.Tensor: ...
@@ -76,6 +81,7 @@ class LayerRegularizer:
     module: nn.Module
     grouping: str
     regularizer: Regularizer
+    scratch: torch.Tensor | None = field(default=None, repr=False)  # for an in-place prox_
 
     def groups(self) -> torch.Tensor:
         return to_groups(self.module.weight.detach(), self.grouping)
@@ -86,6 +92,11 @@ class LayerRegularizer:
     @torch.no_grad()
     def apply_prox(self, step: float) -> None:
         W = self.module.weight
+        if self.regularizer.in_place:  # the fast path, on the weight itself
+            if self.scratch is None or self.scratch.shape != W.shape or self.scratch.device != W.device:
+                self.scratch = torch.empty_like(W)
+            self.regularizer.prox_(W.detach(), member_dims(W.ndim, self.grouping), step, self.scratch)
+            return
         new = self.regularizer.prox(to_groups(W.detach(), self.grouping), step)
         W.copy_(from_groups(new, W.shape, self.grouping))
 
