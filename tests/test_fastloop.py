@@ -3,14 +3,18 @@ precision, per-run thread counts and the device check."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from torch import nn
 
+from trainables import ConfigError, TrialConfig, fit
 from trainables.groups import GROUPINGS, from_groups, member_dims, to_groups
 from trainables.prox import cges_step
 from trainables.regularizers import LayerRegularizer
 from trainables.regularizers.cges import CGES, cges_step_
+from trainables.train import _Trainer, check_device, uses_channels_last
 
 SHAPES = [(30, 78), (10, 1), (8, 3, 5, 5), (16, 8, 3, 3)]
 FLUSH = torch.finfo(torch.float32).tiny
@@ -100,3 +104,121 @@ def test_layer_prox_uses_the_in_place_step_and_keeps_the_reference_values(exact)
     torch.testing.assert_close(conv.weight.detach(), expected, rtol=1e-6, atol=1e-8)
     assert (layer.scratch is not None) == (not exact)  # exact has no in-place form
     assert (conv.weight == 0).any()
+
+
+# ----------------------------------------------------------------------------- the training loop
+
+
+def digits(**optim) -> TrialConfig:
+    return TrialConfig.from_dict({
+        "device": "cpu", "data": {"name": "digits"}, "model": {"name": "mlp", "hidden": [64]},
+        "optim": {"name": "sgd", "lr": 0.1, "epochs": 8, "batch_size": 64, **optim},
+        "regularizer": {"name": "cges", "lam": 3e-3},
+    })
+
+
+def test_bf16_autocast_on_the_cpu_trains_digits_as_well_as_fp32():
+    fp32 = fit(digits())
+    bf16 = fit(digits(amp="bf16"))
+    assert fp32.metrics["val_accuracy"] > 0.9
+    assert abs(bf16.metrics["val_accuracy"] - fp32.metrics["val_accuracy"]) <= 0.02
+    assert abs(bf16.metrics["test_accuracy"] - fp32.metrics["test_accuracy"]) <= 0.02
+    assert bf16.metrics["val_loss"] != fp32.metrics["val_loss"]  # autocast was on
+    # the parameters (hence the prox and the masks) stay float32
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+
+
+def test_autocast_covers_forward_and_loss_only(monkeypatch):
+    seen = []
+    original = torch.nn.Linear.forward
+
+    def spy(self, x):
+        out = original(self, x)
+        seen.append((torch.is_grad_enabled(), out.dtype))
+        return out
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", spy)
+    fit(digits(amp="bf16", epochs=1))
+    training = {dtype for grad, dtype in seen if grad}
+    evaluation = {dtype for grad, dtype in seen if not grad}
+    assert training == {torch.bfloat16} and evaluation == {torch.float32}
+
+
+def test_fp16_resume_carries_the_gradient_scaler():
+    cfg = digits(amp="fp16", epochs=4)
+    states = {}
+
+    def keep(epoch):
+        buf = io.BytesIO()  # as Ray would: torch.save, then a weights_only load
+        torch.save(epoch.state(), buf)
+        buf.seek(0)
+        states[epoch.metrics["epoch"]] = torch.load(buf, weights_only=True)
+
+    full = fit(cfg, report=keep)
+    assert states[2]["scaler"]["scale"] > 0 and "_growth_tracker" in states[2]["scaler"]
+    resumed = fit(cfg, resume=states[2])
+    assert resumed.metrics["val_loss"] == full.metrics["val_loss"]
+    assert resumed.metrics["params_nonzero"] == full.metrics["params_nonzero"]
+    # the scaler continues where it was (its scale and its count of steps since the last growth)
+    state = {**states[2], "scaler": {**states[2]["scaler"], "scale": 1024.0, "_growth_tracker": 7}}
+    trainer = _Trainer(cfg)
+    trainer.load_state(state)
+    assert trainer.scaler.get_scale() == 1024.0 and trainer.scaler.state_dict()["_growth_tracker"] == 7
+    assert _Trainer(digits()).scaler is None and _Trainer(digits(amp="bf16")).scaler is None
+
+
+def test_no_prox_after_a_step_the_fp16_scaler_skipped(monkeypatch):
+    trainer = _Trainer(digits(amp="fp16", epochs=1))
+    calls = []
+    monkeypatch.setattr(trainer, "_prox", lambda step: calls.append(step))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127)  # overflows: every step skipped
+    trainer.scaler._growth_tracker = None
+    original = trainer._backward_step
+    outcomes = []
+    monkeypatch.setattr(trainer, "_backward_step", lambda loss: outcomes.append(original(loss)) or outcomes[-1])
+    trainer._train_epoch()
+    assert outcomes[0] is False  # the first step overflowed, and no prox followed it
+    assert len(calls) == sum(outcomes) < len(outcomes)
+
+
+def test_threads_apply_to_the_run_and_are_restored():
+    before = torch.get_num_threads()
+    seen = []
+    fit(digits(epochs=1), report=lambda r: seen.append(torch.get_num_threads()), threads=1)
+    assert seen == [1] and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be an int >= 1, got threads=0"):
+        fit(digits(epochs=1), threads=0)
+    assert torch.get_num_threads() == before
+
+
+def test_device_check_names_the_field_and_value(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"device: CUDA is not available on this machine \(got 'cuda'\)"):
+        check_device(digits().replace(device="cuda"))
+    assert check_device(digits().replace(device="auto")) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"device: this machine has 1 CUDA device\(s\): cuda:0 to cuda:0 \(got 'cuda:1'\)"):
+        check_device(digits().replace(device="cuda:1"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Tesla V100")
+    with pytest.raises(ConfigError, match=r"optim.amp: Tesla V100 has no bfloat16: use fp16 \(got 'bf16'\)"):
+        check_device(digits(amp="bf16").replace(device="cuda:0"))
+    assert check_device(digits(amp="fp16").replace(device="cuda:0")) == torch.device("cuda:0")
+
+
+def test_amp_off_reads_from_yaml_and_bad_values_name_the_field():
+    from trainables.yamlio import loads_yaml
+
+    assert TrialConfig.from_dict(loads_yaml("optim: {amp: off}")).optim.amp == "off"
+    assert TrialConfig.from_dict(loads_yaml("optim: {amp: bf16}")).optim.amp == "bf16"
+    with pytest.raises(ConfigError, match=r"optim.amp: .*'off', 'bf16' or 'fp16' \(got 'fp8'\)"):
+        TrialConfig.from_dict({"optim": {"amp": "fp8"}})
+
+
+def test_channels_last_only_for_conv_nets_on_a_gpu():
+    conv = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    mlp = nn.Sequential(nn.Linear(4, 2))
+    assert uses_channels_last(conv, torch.device("cuda"))
+    assert not uses_channels_last(conv, torch.device("cpu"))
+    assert not uses_channels_last(mlp, torch.device("cuda"))

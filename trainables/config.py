@@ -430,6 +430,14 @@ class OptimConfig(_Strict):
     lr_schedule: Literal["constant", "step", "cosine"] = "constant"
     lr_step: int | None = None  # step: multiply the lr by lr_gamma every lr_step epochs
     lr_gamma: float | None = None
+    # mixed precision: forward and loss under autocast in this dtype (fp16 adds a gradient scaler);
+    # parameters, optimizer state, prox and masks stay float32
+    amp: Literal["off", "bf16", "fp16"] = "off"
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
 
     @model_validator(mode="before")
     @classmethod
