@@ -133,7 +133,7 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU ends the script."""
     try:
         return trainables.train.resolve_device(name)
-    except RuntimeError as e:
+    except ValueError as e:  # trainables' ConfigError naming `device`
         raise SystemExit(f"--device: {e}") from None
 
 

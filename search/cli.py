@@ -9,6 +9,7 @@ Heavy imports (torch, ray, mlflow) happen inside the subcommands, so ``--help`` 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -46,15 +47,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from trainables import ConfigError, TrialConfig, check_config, fit, save_run
+    from trainables.train import check_device
 
     cfg = TrialConfig.from_yaml(args.config, overrides=args.set)
     try:
         check_config(cfg)
+        check_device(cfg)
     except ConfigError as e:  # name the file, as the errors of TrialConfig.from_yaml do
         raise ConfigError(e.problems, e.source or args.config) from None
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     console = Console(stderr=True)
     with _EpochProgress(console, cfg, quiet=args.quiet) as progress:
-        result = fit(cfg, report=progress.report)
+        result = fit(cfg, report=progress.report, threads=threads)
     out = save_run(result, args.out)
     if not args.quiet:
         _print_summary(console, result.metrics, out)
@@ -110,6 +114,16 @@ def _print_summary(console, m: dict, out) -> None:
     console.print(table)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparsetune", description=_MAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -122,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set regularizer.lam=1e-3 (repeatable; VALUE is YAML)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="torch threads for the run (default: every core this process may use)")
     p.set_defaults(func=_cmd_train)
 
     from . import commands  # search | frontier | export (kept apart: they use ray/optuna/mlflow)

@@ -395,6 +395,12 @@ def validate_spec(spec: SearchSpec, source: str | None = None) -> None:
     """Everything that can be checked without running: raises ``SpecError``."""
     problems: list[tuple[str, str, Any]] = []
     _check_structure(spec, problems)
+    device = spec.base.get("device", "auto")  # a trial sees only its own GPUs, as cuda:0, cuda:1, ...
+    if isinstance(device, str) and re.fullmatch(r"cuda(:[0-9]+)?", device):
+        gpus, index = math.ceil(spec.resources.gpu), int(device.partition(":")[2] or 0)
+        if index >= gpus:
+            problems.append(("base.device", f"a trial sees {gpus} GPU(s) (resources.gpu={spec.resources.gpu:g}); "
+                                            "use device: auto or cuda", device))
     if problems:
         raise SpecError(problems, source)
     from trainables import check_config

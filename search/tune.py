@@ -108,8 +108,9 @@ def train_trial(config: dict[str, Any], checkpoint_every_s: float = 0.0) -> None
                 save_run(epoch.result, d)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
-    try:
-        fit(cfg, report, resume=resume)
+    try:  # as many torch threads as the trial's resources.cpu: concurrent trials never share cores
+        cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+        fit(cfg, report, resume=resume, threads=max(1, int(cpus)))
     except Exception as e:
         if _retryable(e):
             raise  # Ray retries it (max_failures), from the last checkpoint

@@ -20,6 +20,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from search.cli import main
@@ -409,3 +410,17 @@ def _error(data):
     with pytest.raises(ConfigError) as info:
         TrialConfig.from_dict(data)
     return info.value
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+@pytest.mark.skipif(torch.cuda.device_count() > 1, reason="this machine has a cuda:1")
+def test_train_rejects_a_missing_cuda_device(cli, tmp_path):
+    _, err = cli("train", _config(tmp_path, _with(CONFIG, device="'cuda:1'")), "--out", "out")
+    assert "config.yaml: device: " in err and "(got 'cuda:1')" in err, err
+
+
+def test_search_rejects_a_cuda_device_its_trials_do_not_get(cli, tmp_path):
+    _, err = cli("search", _spec(tmp_path, _base("device", "cuda")))
+    assert "base.device: a trial sees 0 GPU(s) (resources.gpu=0); use device: auto or cuda (got 'cuda')" in err, err

@@ -107,6 +107,14 @@ class _OptimBase(_Strict):
     batch_size: int = Field(64, description="examples per optimizer step")
     lr_schedule: str = Field("constant", description="the learning-rate schedule (one of the schedule "
                                                      "families below)")
+    amp: Literal["off", "bf16", "fp16"] = Field(
+        "off", description="mixed precision: forward and loss under autocast in this dtype (fp16 adds a "
+                           "gradient scaler); parameters, optimizer state, prox and masks stay float32")
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_off(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
 
     @model_validator(mode="before")
     @classmethod

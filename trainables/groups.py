@@ -30,7 +30,8 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-__all__ = ["Grouping", "GROUPINGS", "to_groups", "from_groups", "check_grouping", "conv_groups"]
+__all__ = ["Grouping", "GROUPINGS", "to_groups", "from_groups", "check_grouping", "conv_groups",
+           "member_dims"]
 
 Grouping = Literal["input", "input_position", "filter"]
 GROUPINGS: tuple[str, ...] = get_args(Grouping)
@@ -94,3 +95,18 @@ def from_groups(M: torch.Tensor, shape: torch.Size | tuple[int, ...], grouping: 
     if grouping == "input_position":
         return M.reshape(g, cin_g, kh, kw, out_ // g).permute(0, 4, 1, 2, 3).reshape(shape)
     return M.reshape(g, cin_g, out_ // g, kh, kw).permute(0, 2, 1, 3, 4).reshape(shape)
+
+
+def member_dims(ndim: int, grouping: str) -> tuple[int, ...]:
+    """The dimensions of a weight (2-D Linear, 4-D Conv2d) that one group's members span; the
+    other dimensions index the groups. A reduction over them with ``keepdim=True`` gives one
+    value per group that broadcasts back onto the weight, in any memory layout (channels_last
+    included), so a per-group step can run in place with no ``to_groups``/``from_groups`` copy.
+    Flattened, such a per-group result is in the order of :func:`to_groups`'s rows."""
+    check_grouping(grouping)
+    _check_weight((0,) * ndim)
+    if grouping == "filter":
+        return tuple(range(1, ndim))
+    if grouping == "input" and ndim == 4:
+        return (0, 2, 3)
+    return (0,)  # input_position (Linear or Conv2d), and input on a Linear

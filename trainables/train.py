@@ -8,6 +8,13 @@ lr), as the official GrOWL code does with momentum. Groups that the prox zeroes 
 permanently (``regularizer.mask_pruned``). With ``tying.enabled`` a second phase clusters rows
 (``trainables.tying``) and retrains with clustered rows tied, without the prox.
 
+With ``optim.amp`` (``bf16`` or ``fp16``) the forward pass and the loss run under
+``torch.autocast`` on the run's device, with a gradient scaler for ``fp16`` (whose state is in the
+checkpoint); the parameters, the optimizer, the prox and the masks stay float32, and evaluation
+runs in float32. Networks with convolutions use the ``channels_last`` memory format on a GPU.
+``fit(..., threads=N)`` runs with N torch threads (``torch.set_num_threads``) and restores the
+previous count afterwards.
+
 ``report(epoch)`` is called after every epoch with an :class:`EpochReport`: its ``metrics``,
 ``state()`` (everything needed to resume with ``fit(cfg, resume=state)``, as plain tensors and
 Python values, loadable with ``torch.load(weights_only=True)``) and, on the last epoch only,
@@ -21,7 +28,8 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .compact import CompactionError, compact, uncompacted
-from .config import TrialConfig
+from .config import ConfigError, TrialConfig
 from .data import Dataset, DataSpec, Split, batches, load
 from .groups import conv_groups, from_groups
 from .metrics import count_flops, model_metrics
@@ -39,7 +47,8 @@ from .models import build_model, prunable_layers
 from .regularizers import LayerRegularizer, build_layer_regularizers
 from .tying import ZERO_ROW_NORM, LayerTying, find_ties, tie_
 
-__all__ = ["fit", "Result", "EpochReport", "TrainingDiverged", "evaluate", "resolve_device", "STATE_FORMAT"]
+__all__ = ["fit", "Result", "EpochReport", "TrainingDiverged", "evaluate", "resolve_device", "check_device",
+           "STATE_FORMAT"]
 
 STATE_FORMAT = 1
 
@@ -74,11 +83,56 @@ ReportFn = Callable[[EpochReport], None]
 
 
 def resolve_device(device: str) -> torch.device:
+    """The torch device of a config's ``device``; a CUDA device this machine lacks is a
+    ``ConfigError`` naming ``device`` and the value (``cuda:1`` on a one-GPU machine would
+    otherwise fail deep inside the first ``.to``)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was asked for, but CUDA is not available here")
-    return torch.device(device)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError([("device", "CUDA is not available on this machine", device)])
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError([("device", f"this machine has {count} CUDA device(s): cuda:0 to cuda:{count - 1}",
+                                device)])
+    return dev
+
+
+def check_device(cfg: TrialConfig) -> torch.device:
+    """Check, before any work, that this machine can run ``cfg``'s device and mixed precision,
+    and return the device: a ``ConfigError`` naming ``device`` or ``optim.amp`` otherwise."""
+    dev = resolve_device(cfg.device)
+    if cfg.optim.amp == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError([("optim.amp", f"{torch.cuda.get_device_name(dev)} has no bfloat16: use fp16", "bf16")])
+    return dev
+
+
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def uses_channels_last(model: nn.Module, device: torch.device) -> bool:
+    """Convolutional networks on a GPU run in ``channels_last`` (NHWC), which the GPU's
+    convolution kernels (tensor cores under mixed precision) prefer; on the CPU the default
+    layout is kept."""
+    return device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+@contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """``torch.set_num_threads(threads)`` for the block (nothing when ``None``), then the
+    previous count again."""
+    if threads is None:
+        yield
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got threads={threads!r}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @torch.no_grad()
@@ -115,10 +169,15 @@ def _make_scheduler(cfg: TrialConfig, opt: torch.optim.Optimizer):
 class _Trainer:
     def __init__(self, cfg: TrialConfig):
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.device = check_device(cfg)
         self.generator = _seed_everything(cfg.seed)
         self.data: Dataset = load(cfg.data, self.device)
         self.model = build_model(cfg.model, self.data.spec).to(self.device)
+        if uses_channels_last(self.model, self.device):
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.amp_dtype = AMP_DTYPES[cfg.optim.amp]
+        # fp16 needs loss scaling (its range underflows small gradients); bf16 has float32's range
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.optim.amp == "fp16" else None
         self.layers: list[LayerRegularizer] = build_layer_regularizers(cfg.regularizer, self.model)
         self.optimizer = _make_optimizer(cfg, self.model.parameters(), cfg.optim.lr)
         self.scheduler = _make_scheduler(cfg, self.optimizer)
@@ -204,12 +263,12 @@ class _Trainer:
         step = self.epoch * math.ceil(len(self.data.train) / cfg.optim.batch_size)  # steps so far
         for xb, yb in batches(self.data.train, cfg.optim.batch_size, shuffle=True,
                               generator=self.generator, augment=self.data.augment):
-            out = self.model(xb)
-            loss = F.cross_entropy(out, yb)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                out = self.model(xb)
+                loss = F.cross_entropy(out, yb)  # float32 under autocast
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            if prox_step:
+            stepped = self._backward_step(loss)
+            if prox_step and stepped:
                 self._prox(lr, step)
             step += 1
             self._apply_masks()
@@ -232,6 +291,20 @@ class _Trainer:
                 f"{cfg.regularizer.name!r}: lower the learning rate ({lr:g}) or the regularization strength"
             )
         return {"lr": lr, "train_loss": train_loss, "train_accuracy": correct.item() / n}
+
+    def _backward_step(self, loss: torch.Tensor) -> bool:
+        """Backward and optimizer step; False when the fp16 gradient scaler skipped the step
+        (inf/NaN gradients: it lowers the scale instead), so that no prox follows a step that
+        was not taken."""
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+            return True
+        scale = self.scaler.get_scale()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return self.scaler.get_scale() >= scale
 
     def _epoch_metrics(self, train: dict[str, float], seconds: float) -> dict[str, Any]:
         m: dict[str, Any] = {"epoch": self.epoch,
@@ -307,6 +380,7 @@ class _Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "masks": dict(self.masks),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "ties": [t.to_state() for t in self.ties] if self.ties is not None else None,
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -328,6 +402,8 @@ class _Trainer:
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
         self.masks = {k: v.to(self.device) for k, v in state["masks"].items()}
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
         # self.dead is not saved: masked groups are exactly zero, so the next _update_masks finds them again
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -367,9 +443,15 @@ class _Trainer:
         return Result(self.cfg, metrics, self.history, self.model, small, self.data.spec, self.ties or [])
 
 
-def fit(cfg: TrialConfig, report: ReportFn | None = None, *, resume: dict[str, Any] | None = None) -> Result:
-    """Train one network as ``cfg`` says; see the module docstring for the loop and ``report``."""
-    trainer = _Trainer(cfg)
-    if resume is not None:
-        trainer.load_state(resume)
-    return trainer.run(report)
+def fit(cfg: TrialConfig, report: ReportFn | None = None, *, resume: dict[str, Any] | None = None,
+        threads: int | None = None) -> Result:
+    """Train one network as ``cfg`` says; see the module docstring for the loop and ``report``.
+
+    ``threads``: torch's intra-op threads for this run (default: leave the process's setting).
+    It is not part of the config: it is a property of where the run is placed (a search gives each
+    trial its ``resources.cpu``), and it changes the speed, at most the rounding of parallel sums."""
+    with torch_threads(threads):
+        trainer = _Trainer(cfg)
+        if resume is not None:
+            trainer.load_state(resume)
+        return trainer.run(report)

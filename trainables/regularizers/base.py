@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from ..configbase import ConfigError, Schedule, _check_schedule, resolve_schedule
 from ..families import LAYER_SELECTIONS, REGULARIZERS, RegularizerConfig
-from ..groups import conv_groups, from_groups, to_groups
+from ..groups import conv_groups, from_groups, member_dims, to_groups
 
 __all__ = [
     "Regularizer",
@@ -49,11 +49,16 @@ class Regularizer(ABC):
     ``step``/``epoch``) overrides ``update`` and keeps the zero ``penalty``. All are pure (never
     modify ``W``). Subclasses are built with their per-layer parameter values as keyword
     arguments (``params``: the config field names they take).
+
+    Where ``in_place`` is true, ``prox_(W, dims, step, scratch)`` does the same step in place on
+    the layer's weight itself (members spanning ``dims``, ``trainables.groups.member_dims``;
+    ``scratch`` a weight-sized buffer the caller keeps): the per-step fast path (ungrouped layers).
     """
 
     name: ClassVar[str]
     config: ClassVar[type[RegularizerConfig]]  # the family's parameters
     params: ClassVar[tuple[str, ...]] = ()  # constructor arguments, in config field names
+    in_place: bool = False
 
     def penalty(self, W: torch.Tensor) -> torch.Tensor:
         return W.new_zeros(())
@@ -127,6 +132,7 @@ class LayerRegularizer:
     module: nn.Module
     grouping: str
     regularizer: Regularizer
+    scratch: torch.Tensor | None = field(default=None, repr=False)  # for an in-place prox_
 
     def groups(self) -> torch.Tensor:
         return to_groups(self.module.weight.detach(), self.grouping, conv_groups(self.module))
@@ -136,13 +142,29 @@ class LayerRegularizer:
 
     @torch.no_grad()
     def apply_prox(self, step: float) -> None:
+        if self._fast():  # the fast path, on the weight itself
+            self._prox_in_place(step)
+            return
         self._write(self.regularizer.prox(to_groups(self.module.weight.detach(), self.grouping, conv_groups(self.module)), step))
 
     @torch.no_grad()
     def apply_update(self, *, lr: float, step: int, epoch: int) -> None:
         """The regularizer's step after the optimizer's (see :meth:`Regularizer.update`)."""
+        if self._fast() and type(self.regularizer).update is Regularizer.update:  # the prox with step lr
+            self._prox_in_place(lr)
+            return
         G = to_groups(self.module.weight.detach(), self.grouping, conv_groups(self.module))
         self._write(self.regularizer.update(G, lr=lr, step=step, epoch=epoch))
+
+    def _fast(self) -> bool:
+        # member_dims describes ungrouped layers only; grouped convs take the group-matrix path
+        return bool(self.regularizer.in_place) and conv_groups(self.module) == 1
+
+    def _prox_in_place(self, step: float) -> None:
+        W = self.module.weight
+        if self.scratch is None or self.scratch.shape != W.shape or self.scratch.device != W.device:
+            self.scratch = torch.empty_like(W)
+        self.regularizer.prox_(W.detach(), member_dims(W.ndim, self.grouping), step, self.scratch)
 
     def _write(self, new: torch.Tensor) -> None:
         W = self.module.weight
