@@ -345,7 +345,7 @@ SETS = [
     (["optim.epochs=1.5"], ["optim.epochs: Input should be a valid integer (got 1.5)"]),
     (["regularizer.p=0.5"], ["regularizer.p: not a parameter of regularizer 'cges'", "(got 0.5)"]),
     (["optim.nope=1"], ["optim.nope: unknown field (valid fields: name, lr, weight_decay, epochs, "
-                        "batch_size, lr_schedule, momentum, nesterov, lr_step, lr_gamma) (got 1)"]),
+                        "batch_size, lr_schedule, amp, momentum, nesterov, lr_step, lr_gamma) (got 1)"]),
     (["regularizer.lam"], ["--set: expected KEY=VALUE", "(got 'regularizer.lam')"]),
     (["=1"], ["--set: expected KEY=VALUE with a dotted KEY (got '=1')"]),
     (["optim..lr=1"], ["--set: expected KEY=VALUE with a dotted KEY (got 'optim..lr=1')"]),

@@ -79,9 +79,9 @@ def test_in_place_step_flushes_values_below_the_smallest_normal():
     W = torch.tensor([[3.0, 1e-39, -2.0, 5e-39], [1e-3, 0.0, 2e-39, -0.5]])
     assert (W.abs() < FLUSH).sum() == 4  # three subnormals and a zero
     got = W.clone()
-    cges_step_(got, (1,), 0.0, 0.0)  # zero thresholds: the reference returns W unchanged
-    assert torch.equal(reference(W, "filter", 0.0, 0.0), W)
+    cges_step_(got, (1,), 0.0, 0.0)  # zero thresholds: only the flush changes W, as in the reference
     expected = torch.where(W.abs() < FLUSH, torch.zeros_like(W), W)
+    assert torch.equal(reference(W, "filter", 0.0, 0.0), expected)
     assert torch.equal(got, expected)
     # a small exclusive threshold leaves a result of a few subnormals (|G| - t < tiny): flushed too
     W = torch.tensor([[2e-38, 1.0], [1.5e-38, 2.0]])
@@ -134,13 +134,15 @@ def test_autocast_covers_forward_and_loss_only(monkeypatch):
 
     def spy(self, x):
         out = original(self, x)
-        seen.append((torch.is_grad_enabled(), out.dtype))
+        seen.append((self.training, torch.is_grad_enabled(), out.dtype))
         return out
 
     monkeypatch.setattr(torch.nn.Linear, "forward", spy)
     fit(digits(amp="bf16", epochs=1))
-    training = {dtype for grad, dtype in seen if grad}
-    evaluation = {dtype for grad, dtype in seen if not grad}
+    # training steps: train mode with gradients; validation/test: eval mode without (compaction's
+    # graph tracing runs in eval mode with gradients, outside autocast: it is neither)
+    training = {dtype for train, grad, dtype in seen if train and grad}
+    evaluation = {dtype for train, grad, dtype in seen if not train and not grad}
     assert training == {torch.bfloat16} and evaluation == {torch.float32}
 
 

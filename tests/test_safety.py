@@ -154,7 +154,7 @@ def trial_resuming_from(monkeypatch):
 
     resumed = []
 
-    def fit(cfg, report=None, *, resume=None):
+    def fit(cfg, report=None, *, resume=None, **kwargs):
         resumed.append(resume)
 
     monkeypatch.setattr(trainables, "fit", fit)

@@ -61,7 +61,7 @@ BAD = [
      "space.optim/name: a categorical distribution needs a non-empty `choices` list"),
     ("not a config field", set_dist("space", "optim/lrr", type="uniform", low=0.1, high=0.2),
      "space.optim/lrr: unknown field (valid fields: name, lr, weight_decay, epochs, batch_size, "
-     "lr_schedule, momentum, nesterov, lr_step, lr_gamma) (got 0.1)"),
+     "lr_schedule, amp, momentum, nesterov, lr_step, lr_gamma) (got 0.1)"),
     ("parameter of another family", lambda d: d["regularizers"]["cges"].update(lambda1=0.5),
      "regularizers.cges.lambda1: not a parameter of regularizer 'cges'"),
     ("value out of range at the high end", lambda d: d["regularizers"]["growl"].update(

@@ -104,7 +104,7 @@ def member_dims(ndim: int, grouping: str) -> tuple[int, ...]:
     included), so a per-group step can run in place with no ``to_groups``/``from_groups`` copy.
     Flattened, such a per-group result is in the order of :func:`to_groups`'s rows."""
     check_grouping(grouping)
-    _check_weight((0,) * ndim)
+    _check_weight((0,) * ndim, 1)
     if grouping == "filter":
         return tuple(range(1, ndim))
     if grouping == "input" and ndim == 4:
