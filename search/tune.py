@@ -109,8 +109,7 @@ def train_trial(config: dict[str, Any], checkpoint_every_s: float = 0.0) -> None
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
     try:  # as many torch threads as the trial's resources.cpu: concurrent trials never share cores
-        cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
-        fit(cfg, report, resume=resume, threads=max(1, int(cpus)))
+        fit(cfg, report, resume=resume, threads=_trial_cpus())
     except Exception as e:
         if _retryable(e):
             raise  # Ray retries it (max_failures), from the last checkpoint
@@ -118,6 +117,15 @@ def train_trial(config: dict[str, Any], checkpoint_every_s: float = 0.0) -> None
         # the same way again, so report it instead of raising, and Ray does not retry it
         tune.report({"trial_failed": 1.0, "final": 0.0, "cause": _one_line(e),
                      "error": "".join(traceback.format_exception(e))})
+
+
+def _trial_cpus() -> int:
+    """The CPUs Ray gave this trial (at least 1; 1 outside a Tune trial, e.g. in a unit test)."""
+    try:
+        cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    except Exception:  # no trial context
+        cpus = 1
+    return max(1, int(cpus))
 
 
 def _retryable(e: BaseException) -> bool:
