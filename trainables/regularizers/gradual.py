@@ -81,7 +81,7 @@ class _GradualBase(RegularizerConfig):
     @model_validator(mode="after")
     def _check_schedule(self) -> _GradualBase:
         _finite(self.final, "final", 0, 1, hi_open=True)
-        _finite(self.initial, "initial", 0, self.final)
+        _finite(self.initial, "initial", 0)
         if self.initial > self.final:
             raise _FieldError("initial", f"`initial <= final` must hold (final={self.final})", self.initial)
         if self.start_epoch < 0:
