@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -366,3 +367,24 @@ def test_bad_values_are_rejected_with_the_field_named(name, change, expected):
     with pytest.raises(ConfigError) as info:
         small({"name": name, **change})
     assert expected in str(info.value)
+
+
+# ----------------------------------------------------------------------------- in a search spec
+
+
+def test_search_spec_takes_the_baselines_and_names_a_window_past_the_epochs(tmp_path):
+    import yaml
+
+    from search.spec import SpecError, load_spec
+
+    path = Path(__file__).parent.parent / "examples/search/baselines_digits.yaml"
+    spec = load_spec(path)
+    assert {"magnitude", "channel_magnitude"} <= set(spec.families)
+    data = yaml.safe_load(path.read_text())
+    data["regularizers"]["magnitude"]["end_epoch"] = {"type": "int", "low": 5, "high": 14}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError) as info:
+        load_spec(bad)
+    assert ("regularizers.magnitude.end_epoch: `end_epoch <= optim.epochs` must hold (optim.epochs=12) (got 14)"
+            in str(info.value))
