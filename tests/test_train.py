@@ -21,6 +21,8 @@ STRONG = {
     "exclusive_lasso": {"lam": 1e-2},
     "cges": {"lam": 3e-2},
     "growl": {"lambda1": 0.05, "lambda2": 1e-4, "layers": "all", "prox_every": "step"},
+    "magnitude": {"final": 0.5, "end_epoch": 2, "every": 5},
+    "channel_magnitude": {"final": 0.3, "end_epoch": 2, "every": 5},
 }
 
 

@@ -256,6 +256,9 @@ class TrialConfig(_Strict):
         if self.tying.enabled and self.tying.retrain_lr is None:
             tying = self.tying.model_copy(update={"retrain_lr": self.optim.lr})
             object.__setattr__(self, "tying", tying)
+        regularizer = self.regularizer.link(self)  # e.g. pruning epochs within optim.epochs
+        if regularizer is not self.regularizer:
+            object.__setattr__(self, "regularizer", regularizer)
         return self
 
     # -- construction -------------------------------------------------------------------------

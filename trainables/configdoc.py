@@ -52,9 +52,11 @@ validation, the search-space paths and this page all derive from that declaratio
    - dataset: `describe(self) -> DataSpec` (cheap, every problem a `ConfigError`) and
      `load(self, device) -> Dataset` (use `trainables.data._assemble` for the shared splits);
    - regularizer: a `Regularizer` subclass with `name`, `config = MyConfig`, `params` (the
-     config fields it is built with, per layer) and `penalty` / `prox`, or `update(W, lr=, step=,
-     epoch=)` for a family that is no penalty (e.g. a magnitude-pruning mask); decorate it
-     with `@register` from `trainables.regularizers`;
+     config fields it is built with, per layer) and `penalty` / `prox` (or `update(W, lr=, step=,
+     epoch=)`); a family that is no penalty but masks on a schedule subclasses `Pruner` and
+     implements `prune(weights, keep, step=, steps_per_epoch=)` (`magnitude`); a family whose
+     values depend on another section overrides `link(trial)` (checked and filled in when the
+     config is built); decorate it with `@register` from `trainables.regularizers`;
    - optimizer: `build(self, params, lr, weight_decay)`; schedule: `build(self, optimizer, epochs)`.
 2. Register it: `@MODELS.register` (`DATASETS`, `OPTIMIZERS`, `LR_SCHEDULES`) on the class, and
    import the module in its package's `__init__.py` (the order there is the order of this page).

@@ -306,6 +306,13 @@ class RegularizerConfig(Family):
     def sparsifying(self) -> bool:
         return self.sparsifies
 
+    def link(self, trial: Any) -> RegularizerConfig:
+        """This config completed and checked against the rest of the trial (``trial``: the
+        ``TrialConfig`` being built), for a family whose parameters depend on another section
+        (gradual pruning's epochs on ``optim.epochs``). Returns the config to use; a problem is a
+        ``_FieldError`` naming ``regularizer.<field>``."""
+        return self
+
 
 class OptimizerConfig(Family):
     """An optimizer family (``optim.name``): its parameters sit flat in the ``optim`` section.

@@ -5,7 +5,9 @@ The loop is plain proximal SGD (the papers' algorithm): a gradient step on the d
 every regularized layer with step = the current learning rate, after every optimizer step or once
 per epoch (``regularizer.prox_every``). With momentum or Adam the same convention is used (step =
 lr), as the official GrOWL code does with momentum. Groups that the prox zeroes can be masked
-permanently (``regularizer.mask_pruned``). With ``tying.enabled`` a second phase clusters rows
+permanently (``regularizer.mask_pruned``). A pruning family (``magnitude``, ``channel_magnitude``:
+a :class:`~trainables.regularizers.Pruner`) has no prox: in the same place it updates masks on its
+schedule, which are multiplied into the weights after every step. With ``tying.enabled`` a second phase clusters rows
 (``trainables.tying``) and retrains with clustered rows tied, without the prox.
 
 With ``optim.amp`` (``bf16`` or ``fp16``) the forward pass and the loss run under
@@ -44,7 +46,7 @@ from .data import Dataset, DataSpec, Split, batches, load
 from .groups import conv_groups, from_groups
 from .metrics import count_flops, model_metrics
 from .models import build_model, prunable_layers
-from .regularizers import LayerRegularizer, build_layer_regularizers
+from .regularizers import LayerRegularizer, Pruner, build_layer_regularizers
 from .tying import ZERO_ROW_NORM, LayerTying, find_ties, tie_
 
 __all__ = ["fit", "Result", "EpochReport", "TrainingDiverged", "evaluate", "resolve_device", "check_device",
@@ -189,6 +191,9 @@ class _Trainer:
         self.train_epochs = cfg.optim.epochs
         self.total_epochs = self.train_epochs + (cfg.tying.retrain_epochs if cfg.tying.enabled else 0)
         self.uses_prox = cfg.regularizer.name != "none"
+        first = self.layers[0].regularizer if self.layers else None
+        self.pruner: Pruner | None = first if isinstance(first, Pruner) else None  # masks on a schedule
+        self.steps_per_epoch = math.ceil(len(self.data.train) / cfg.optim.batch_size)
         self._dense_flops: list[tuple[nn.Module, int]] | None = None  # for _flops_estimate
 
     # -- the proximal step, masks and tying ----------------------------------------------------
@@ -196,6 +201,13 @@ class _Trainer:
     @torch.no_grad()
     def _prox(self, lr: float, step: int) -> None:
         """The regularizer's step after optimizer step number ``step`` (the prox, step size ``lr``)."""
+        if self.pruner is not None:  # gradual pruning: new masks on the pruner's schedule
+            keep = self.pruner.prune([layer.module.weight for layer in self.layers],
+                                     [self.masks.get(layer.name) for layer in self.layers],
+                                     step=step, steps_per_epoch=self.steps_per_epoch)
+            for layer, mask in zip(self.layers, keep or []):
+                self.masks[layer.name] = mask.to(layer.module.weight.dtype).contiguous()
+            return
         for layer in self.layers:
             layer.apply_update(lr=lr, step=step, epoch=self.epoch)
         if getattr(self.cfg.regularizer, "mask_pruned", False):  # sparsifying families declare it
@@ -260,7 +272,7 @@ class _Trainer:
         self.model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        step = self.epoch * math.ceil(len(self.data.train) / cfg.optim.batch_size)  # steps so far
+        step = self.epoch * self.steps_per_epoch  # steps so far
         for xb, yb in batches(self.data.train, cfg.optim.batch_size, shuffle=True,
                               generator=self.generator, augment=self.data.augment):
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):

@@ -29,6 +29,7 @@ __all__ = [
     "register",
     "get_regularizer",
     "LayerRegularizer",
+    "Pruner",
     "select_layers",
     "build_layer_regularizers",
     "LamConfig",
@@ -42,11 +43,11 @@ class Regularizer(ABC):
 
     The training loop calls ``update(W, lr=..., step=..., epoch=...)`` right after the optimizer
     step (every step, or once per epoch with ``prox_every: epoch``) and writes the result back.
-    For a penalty ``Omega`` (every family so far) that is the proximal step with step size = the
-    current learning rate: ``prox(W, lr) = argmin_X 1/2||X - W||^2 + lr * Omega(X)``, and
-    ``penalty(W)`` is ``Omega(W)``, strengths included (logged each epoch). A family that is no
-    penalty (gradual magnitude pruning, whose "prox" is a mask driven by a schedule over
-    ``step``/``epoch``) overrides ``update`` and keeps the zero ``penalty``. All are pure (never
+    For a penalty ``Omega`` that is the proximal step with step size = the current learning
+    rate: ``prox(W, lr) = argmin_X 1/2||X - W||^2 + lr * Omega(X)``, and ``penalty(W)`` is
+    ``Omega(W)``, strengths included (logged each epoch). A family that is no penalty but a
+    mask driven by a schedule over steps (gradual magnitude pruning, which may rank weights
+    across layers) is a :class:`Pruner` instead, with the zero ``penalty``. All are pure (never
     modify ``W``). Subclasses are built with their per-layer parameter values as keyword
     arguments (``params``: the config field names they take).
 
@@ -74,6 +75,26 @@ class Regularizer(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{p}={getattr(self, p)!r}" for p in self.params)
         return f"{type(self).__name__}({args})"
+
+
+class Pruner(Regularizer):
+    """A family that is no penalty but a mask driven by a schedule over optimizer steps (gradual
+    magnitude pruning). It has no penalty and no proximal step; after optimizer step number
+    ``step`` (counted from 0 over the run) the training loop calls :meth:`prune` once with every
+    selected layer's weight, since a pruner may rank weights across layers, keeps the masks it
+    returns in the run's checkpoints and multiplies them into the weights after every later step:
+    pruned weights stay zero whatever momentum or Adam would do to them. Every layer's instance
+    holds the same settings; the loop asks the first layer's."""
+
+    def prox(self, W: torch.Tensor, step: float) -> torch.Tensor:
+        return W.clone()  # no proximal step: the masks do the work
+
+    def prune(self, weights: list[torch.Tensor], keep: list[torch.Tensor | None], *, step: int,
+              steps_per_epoch: int) -> list[torch.Tensor] | None:
+        """The new keep masks (bool, one per weight, its shape) after optimizer step ``step``, or
+        ``None`` when this step prunes nothing. ``keep`` holds the current masks (non-zero = kept;
+        ``None`` = nothing pruned yet); a pruned weight is never kept again."""
+        raise NotImplementedError(f"pruner {self.name!r} does not implement prune()")
 
 
 REGISTRY: dict[str, type[Regularizer]] = {}
