@@ -285,8 +285,12 @@ def _select_inputs(net: nn.Module, shape: tuple[int, ...]) -> torch.Tensor | Non
 
 
 def save_compact(path: str | Path, compact_model: CompactModel, *,
-                 model_cfg: dict[str, Any] | ModelConfig, spec: DataSpec) -> None:
-    """Save a plain dict (tensors, strings, numbers; no pickled modules) for :func:`load_compact`."""
+                 model_cfg: dict[str, Any] | ModelConfig, spec: DataSpec,
+                 preprocessing: dict[str, Any] | None = None) -> None:
+    """Save a plain dict (tensors, strings, numbers; no pickled modules) for :func:`load_compact`.
+
+    ``preprocessing`` (``trainables.data.Dataset.preprocessing``: plain lists, strings and numbers)
+    is stored under that key for inference (``trainables.deploy``); files without it still load."""
     if not isinstance(compact_model, CompactModel):
         raise TypeError(f"save_compact needs a CompactModel, got {type(compact_model).__name__}")
     cfg = _model_config(model_cfg)
@@ -297,6 +301,7 @@ def save_compact(path: str | Path, compact_model: CompactModel, *,
         "input_shape": [int(d) for d in spec.input_shape],
         "num_classes": int(spec.num_classes),
         "state_dict": {k: v.detach().cpu() for k, v in compact_model.state_dict().items()},
+        **({"preprocessing": preprocessing} if preprocessing is not None else {}),
     }, Path(path))
 
 
