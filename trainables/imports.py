@@ -2,8 +2,8 @@
 
 A config names a factory (the ``python`` dataset source's ``factory``) as a string, so it stays
 plain YAML that a search can export and re-run. The module form is imported with
-:func:`importlib.import_module` (the module must be importable where the trial runs: installed, or
-on ``PYTHONPATH``); the file form is loaded from the file, whose path is made absolute when the
+:func:`importlib.import_module` from the current directory (put first on ``sys.path``, as
+``python -m`` does) or ``PYTHONPATH``, so it must be importable where the trial runs; the file form is loaded from the file, whose path is made absolute when the
 config is built (Ray runs each trial in its own working directory), so it works from any folder
 and on every node that sees the file. The attribute may be dotted (``Class.method``).
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,11 +55,14 @@ def import_object(spec: str) -> Any:
     if _is_file(module_name):
         module = _load_file(Path(module_name))
     else:
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+        importlib.invalidate_caches()  # a module written after this process started
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
             raise ImportError(f"cannot import module {module_name!r} ({e}); it must be importable "
-                              f"where training runs (installed or on PYTHONPATH), or name the file: "
+                              f"where training runs (current directory, PYTHONPATH), or name the file: "
                               f"path/to/{module_name.split('.')[-1]}.py:{attribute}") from None
     obj: Any = module
     for part in attribute.split("."):
