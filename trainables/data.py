@@ -403,9 +403,8 @@ def _place_datasets(parts: Sequence[tud.Dataset], cfg: DataConfig, device: torch
     """Splits as torch datasets (``(x, y)`` items, ``x`` normalised): streamed, or read once
     through the same DataLoader, in file order, into tensors on the device."""
     options = _loader_options(cfg, device)
-    splits = [StreamSplit(p, device, options) for p in parts]
     if not _in_memory(cfg, sum(len(p) for p in parts) * math.prod(spec.input_shape) * 4):
-        return splits
+        return [StreamSplit(p, device, options) for p in parts]
     return [_materialise(StreamSplit(p, "cpu", LoaderOptions(options.num_workers)), spec, device)
             for p in parts]
 

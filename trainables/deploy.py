@@ -175,8 +175,8 @@ def _read_images(folder: Path, record: dict[str, Any]) -> tuple[list[str], torch
         raise InputError([("INPUT", f"images become {tuple(X.shape[1:])} after the recorded transforms, the "
                                     f"model takes {tuple(record['input_shape'])}", str(folder))])
     names = {str(c) for c in record["classes"]}
-    parents = [p.parent.name for p in files]
-    labels = parents if all(p != folder and n in names for p, n in zip((f.parent for f in files), parents)) else None
+    labelled = all(p.parent != folder and p.parent.name in names for p in files)
+    labels = [p.parent.name for p in files] if labelled else None
     return [p.relative_to(folder).as_posix() for p in files], X, labels
 
 
