@@ -238,10 +238,10 @@ def _stream_batches(split: StreamSplit, batch_size: int, shuffle: bool,
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     loader, sampler = split.loader(batch_size)
     sampler.order = torch.randperm(len(split), generator=generator) if shuffle else None
-    blocking = not split.options.pin_memory
+    asynchronous = split.options.pin_memory  # copies from pinned memory may overlap compute
     for xb, yb in loader:
-        xb = xb.to(split.device, non_blocking=not blocking)
-        yb = yb.to(split.device, dtype=torch.int64, non_blocking=not blocking)
+        xb = xb.to(split.device, non_blocking=asynchronous)
+        yb = yb.to(split.device, dtype=torch.int64, non_blocking=asynchronous)
         if augment and xb.ndim == 4:
             xb = _augment(xb, generator, augment)
         yield xb, yb
