@@ -1,4 +1,4 @@
-"""The ``sparsetune`` command: train | search | frontier | export.
+"""The ``sparsetune`` command: train | predict | export-model | search | frontier | export.
 
 Exit status: 0 on success, 2 for invalid input (a bad config or spec, a missing file: one clear
 message naming the field and the value, before any work starts), 1 when a run fails.
@@ -124,6 +124,81 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_PREDICT_HELP = """\
+Predict with a trained run's compact model. RUN_DIR is a `sparsetune train --out` folder (or a
+trial's downloaded artifacts): its compact_model.pt records the preprocessing (input shape,
+normalisation, image transforms, CSV columns) and the class labels. INPUT holds raw examples in
+the training format:
+  a .csv     the training columns by name, in any order (the target column optional)
+  a .npz     array X as in training (y optional)
+  a folder   images (any depth; for a model trained on an image_folder); an image inside a
+             folder named after a class counts as labelled with it
+--out gets one row per example: id (the row number, or the image's path under INPUT), label
+(the predicted class, as in the training labels) and p_<class>, the probability of each class.
+With labels in INPUT the accuracy is printed: on the test split's raw rows it is the run's
+test_accuracy.
+"""
+
+_PREDICT_EPILOG = """\
+examples:
+  sparsetune predict runs/growl new_rows.csv --out predictions.csv
+  sparsetune predict runs/pets photos/ --out predictions.csv
+"""
+
+_EXPORT_MODEL_HELP = """\
+Write a run's compact model as one self-contained file for serving: TorchScript
+(torch.jit.load) or ONNX (onnxruntime; needs `pip install 'sparsetune[onnx]'`). The
+normalisation is folded into the graph, so the input is [batch, *input_shape] of raw values as
+in the training data (for an image folder: pixel values 0..255 after the recorded grayscale,
+resize and center_crop) and the output is the logits. The class labels, the input shape and
+the image transforms are recorded in the file (ONNX metadata_props, TorchScript extra files),
+as JSON under sparsetune.classes, sparsetune.input_shape, sparsetune.image.
+"""
+
+_EXPORT_MODEL_EPILOG = """\
+examples:
+  sparsetune export-model runs/growl --format onnx --out growl.onnx
+  sparsetune export-model runs/growl --format torchscript --out growl.pt
+"""
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from trainables.deploy import predict
+
+    summary = predict(args.run_dir, args.input, args.out, batch_size=args.batch_size)
+    line = f"wrote {summary['n']} predictions to {summary['out']}"
+    if summary["accuracy"] is not None:
+        line += f" (accuracy {summary['accuracy']:.4f} on the input's labels)"
+    print(line, file=sys.stderr)
+    return 0
+
+
+def _cmd_export_model(args: argparse.Namespace) -> int:
+    from trainables.deploy import export_model
+
+    out = export_model(args.run_dir, args.format, args.out)
+    print(f"wrote {args.format} model to {out}", file=sys.stderr)
+    return 0
+
+
+def _add_deploy_subcommands(sub: argparse._SubParsersAction) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    p = sub.add_parser("predict", help="predict with a run's compact model on raw inputs",
+                       description=_PREDICT_HELP, epilog=_PREDICT_EPILOG, formatter_class=raw)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder holding compact_model.pt")
+    p.add_argument("input", metavar="INPUT", help="a .csv, a .npz or a folder of images")
+    p.add_argument("--out", required=True, help="the predictions CSV to write")
+    p.add_argument("--batch-size", type=int, default=1024, help="examples per forward pass (default: 1024)")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export-model", help="write a run's compact model as ONNX or TorchScript",
+                       description=_EXPORT_MODEL_HELP, epilog=_EXPORT_MODEL_EPILOG, formatter_class=raw)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder holding compact_model.pt")
+    p.add_argument("--format", required=True, metavar="{onnx,torchscript}", help="the file format")
+    p.add_argument("--out", required=True, help="the file to write")
+    p.set_defaults(func=_cmd_export_model)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sparsetune", description=_MAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="torch threads for the run (default: every core this process may use)")
     p.set_defaults(func=_cmd_train)
+    _add_deploy_subcommands(sub)
 
     from . import commands  # search | frontier | export (kept apart: they use ray/optuna/mlflow)
 

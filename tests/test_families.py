@@ -57,6 +57,16 @@ def _required(registry: Registry[Any], name: str, tmp_path: Path) -> dict[str, A
     if registry is DATASETS and name == "arrays":
         np.savez(tmp_path / "tiny.npz", X=np.random.default_rng(0).normal(size=(30, 5)), y=np.arange(30) % 3)
         return {"path": str(tmp_path / "tiny.npz")}
+    if registry is DATASETS and name == "image_folder":
+        from user_data import write_images
+
+        write_images(tmp_path / "images", 10)
+        return {"path": str(tmp_path / "images")}
+    if registry is DATASETS and name == "python":
+        from user_data import FACTORY
+
+        (tmp_path / "mydata.py").write_text(FACTORY)
+        return {"factory": f"{tmp_path / 'mydata.py'}:one"}
     if registry is DATASETS and issubclass(DATASETS.get(name), TorchvisionData):
         return {"path": str(tmp_path / "cache")}  # describe only: nothing is downloaded
     return {}

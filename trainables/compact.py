@@ -561,12 +561,15 @@ DenseFactory = Callable[[], nn.Module]
 
 def save_compact(path: str | Path, compact_model: CompactModel, *, spec: DataSpec,
                  model_cfg: dict[str, Any] | ModelConfig | None = None,
-                 build: DenseFactory | None = None) -> None:
+                 build: DenseFactory | None = None,
+                 preprocessing: dict[str, Any] | None = None) -> None:
     """Save a plain dict (tensors, strings, numbers; no pickled modules) for :func:`load_compact`.
 
     The dense architecture is described by ``model_cfg`` (rebuilt with ``build_model``) or, for a
     network the registry does not know, by ``build`` (a factory of the dense model, which
     :func:`load_compact` must then be given too). Either is checked to rebuild the same modules.
+    ``preprocessing`` (``trainables.data.Dataset.preprocessing``: plain lists, strings and numbers)
+    is stored under that key for inference (``trainables.deploy``); files without it still load.
     """
     if not isinstance(compact_model, CompactModel):
         raise TypeError(f"save_compact needs a CompactModel, got {type(compact_model).__name__}")
@@ -582,6 +585,7 @@ def save_compact(path: str | Path, compact_model: CompactModel, *, spec: DataSpe
         "input_mode": compact_model.input_mode,
         "layers": _layer_shapes(compact_model.net),
         "state_dict": {k: v.detach().cpu() for k, v in compact_model.state_dict().items()},
+        **({"preprocessing": preprocessing} if preprocessing is not None else {}),
     }, Path(path))
 
 

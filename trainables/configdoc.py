@@ -84,6 +84,10 @@ def _type(annotation: Any) -> str:
         return text + (" or null" if len(args) < len(get_args(annotation)) else "")
     if origin is list:
         return "list of " + _type(get_args(annotation)[0])
+    if origin is dict:
+        return "mapping"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):  # a nested record
+        return "{" + ", ".join(annotation.model_fields) + "}"
     return {float: "number", int: "integer", str: "string", bool: "boolean"}.get(annotation, str(annotation))
 
 

@@ -236,6 +236,19 @@ class DataConfig(Family):
                               "file order")
     split_seed: int = Field(0, description="seed of the splits (not the trial's `seed`)")
     train_subset: int | None = Field(None, description="keep at most this many training examples")
+    # how batches reach the model (trainables.data: whole tensors on the device, or a DataLoader)
+    in_memory: Literal["auto"] | bool = Field(
+        "auto", description="`true`: every split as one tensor on the training device; `false`: "
+                            "batches streamed through a torch DataLoader; `auto`: in memory when all "
+                            "splits take at most 1 GiB as float32")
+    num_workers: int | None = Field(None, description="DataLoader worker processes when streaming "
+                                                      "(default: the trial's CPU threads - 1, at most 4)")
+    pin_memory: bool | None = Field(None, description="pinned host memory for streamed batches "
+                                                      "(default: on when training on CUDA)")
+    persistent_workers: bool | None = Field(None, description="keep DataLoader workers between epochs "
+                                                              "(default: on when there are workers)")
+    prefetch_factor: int | None = Field(None, description="batches each DataLoader worker loads ahead "
+                                                          "(default: torch's, 2)")
 
     @model_validator(mode="after")
     def _check_split(self) -> DataConfig:
@@ -245,6 +258,13 @@ class DataConfig(Family):
             raise _FieldError("train_subset", "`train_subset >= 1` must hold", self.train_subset)
         if self.split_seed < 0:  # numpy's default_rng takes non-negative seeds only
             raise _FieldError("split_seed", "`split_seed >= 0` must hold", self.split_seed)
+        if self.num_workers is not None and self.num_workers < 0:
+            raise _FieldError("num_workers", "`num_workers >= 0` must hold", self.num_workers)
+        if self.prefetch_factor is not None and self.prefetch_factor < 1:
+            raise _FieldError("prefetch_factor", "`prefetch_factor >= 1` must hold", self.prefetch_factor)
+        if self.prefetch_factor is not None and self.num_workers == 0:
+            raise _FieldError("prefetch_factor", "needs worker processes (num_workers is 0)",
+                              self.prefetch_factor)
         return self
 
     def describe(self) -> Any:  # -> DataSpec

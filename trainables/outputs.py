@@ -34,5 +34,5 @@ def save_run(result: Result, out: str | Path) -> Path:
     payload = {**result.metrics, "history": result.history}
     (out / RESULT_FILE).write_text(json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n")
     save_compact(out / MODEL_FILE, result.compact_model, model_cfg=result.config.model.model_dump(mode="json"),
-                 spec=result.spec)
+                 spec=result.spec, preprocessing=result.preprocessing or None)
     return out

@@ -42,7 +42,7 @@ from torch import nn
 
 from .compact import CompactionError, compact, uncompacted
 from .config import ConfigError, TrialConfig
-from .data import Dataset, DataSpec, Split, batches, load
+from .data import Dataset, DataSpec, Split, StreamSplit, batches, load
 from .groups import conv_groups, from_groups
 from .metrics import count_flops, model_metrics
 from .models import build_model, prunable_layers
@@ -70,6 +70,7 @@ class Result:
     compact_model: nn.Module  # the physically smaller network with the same outputs
     spec: DataSpec
     ties: list[LayerTying] = field(default_factory=list)
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # Dataset.preprocessing, for inference
 
 
 @dataclass
@@ -138,12 +139,12 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1024) -> dict[str, float]:
+def evaluate(model: nn.Module, split: Split | StreamSplit, batch_size: int = 1024) -> dict[str, float]:
     """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``split``."""
     was_training = model.training
     model.eval()
-    loss = torch.zeros((), dtype=torch.float64, device=split.X.device)
-    correct = torch.zeros((), dtype=torch.int64, device=split.X.device)
+    loss = torch.zeros((), dtype=torch.float64, device=split.device)
+    correct = torch.zeros((), dtype=torch.int64, device=split.device)
     for xb, yb in batches(split, batch_size, shuffle=False):
         out = model(xb)
         loss += F.cross_entropy(out, yb, reduction="sum").double()
@@ -452,7 +453,8 @@ class _Trainer:
     def _result(self, last_epoch: dict[str, Any]) -> Result:
         final, small = self._finalize()
         metrics = {**last_epoch, **final, "regularizer": self.cfg.regularizer.name}
-        return Result(self.cfg, metrics, self.history, self.model, small, self.data.spec, self.ties or [])
+        return Result(self.cfg, metrics, self.history, self.model, small, self.data.spec, self.ties or [],
+                      self.data.preprocessing)
 
 
 def fit(cfg: TrialConfig, report: ReportFn | None = None, *, resume: dict[str, Any] | None = None,

@@ -19,11 +19,15 @@ from .vision import (  # isort: skip
 )
 from .idx import IdxConfig  # isort: skip
 from .arrays import ArraysConfig  # isort: skip
+from .image_folder import ImageFolderConfig  # isort: skip
+from .python import PythonDataConfig  # isort: skip
 
 __all__ = [
     "DATASETS",
     "DataConfig",
     "ArraysConfig",
+    "ImageFolderConfig",
+    "PythonDataConfig",
     "CorrelatedBlocksConfig",
     "DigitsConfig",
     "IdxConfig",

@@ -1,6 +1,8 @@
 """``arrays``: the user's own data, a ``.npz`` with arrays ``X`` and ``y``, or a ``.csv`` with a
-header row and the label column named by ``target``. Labels may be any values; they are encoded
-as 0..C-1 in sorted order (the original values are ``Dataset.info["classes"]``)."""
+header row and the label column named by ``target``. ``X`` may be ``[N, F]`` feature vectors or
+images, ``[N, C, H, W]`` (or ``[N, H, W]``: one channel), standardised per feature or per channel.
+Labels may be any values; they are encoded as 0..C-1 in sorted order (the original values are
+``Dataset.info["classes"]`` and the compact model's ``preprocessing["classes"]``)."""
 
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ __all__ = ["ArraysConfig"]
 
 @DATASETS.register
 class ArraysConfig(DataConfig):
-    """Your own ``.npz`` (``X``, ``y``) or ``.csv`` file."""
+    """Your own ``.npz`` (``X`` as ``[N, F]`` features or ``[N, C, H, W]`` images, ``y``) or ``.csv`` file."""
 
     name: Literal["arrays"] = "arrays"
-    path: AbsolutePath = Field(None, description="the .npz (arrays X and y) or .csv file (required)")
+    path: AbsolutePath = Field(None, description="the .npz (arrays X: [N, F] features or [N, C, H, W] / "
+                                                 "[N, H, W] images, and y) or .csv file (required)")
     target: str | None = Field(None, description="the label column of a .csv file")
 
     @model_validator(mode="after")
@@ -198,4 +201,9 @@ def _arrays_describe(cfg: ArraysConfig) -> DataSpec:
 
 def _load_arrays(cfg: ArraysConfig, device: torch.device | str) -> Dataset:
     _, X, y, classes = _arrays_read(cfg, header_only=False)
-    return _assemble(X, y, cfg, device, num_classes=len(classes), info={"classes": classes})
+    record = {}
+    if Path(cfg.path).suffix.lower() == ".csv":  # predict matches a CSV's columns by name
+        record = {"columns": [h for h in _csv_header(Path(cfg.path), cfg) if h != cfg.target],
+                  "target": cfg.target}
+    return _assemble(X, y, cfg, device, num_classes=len(classes), info={"classes": classes},
+                     classes=classes, record=record)

@@ -113,4 +113,5 @@ def _load_torchvision(cfg: TorchvisionData, device: torch.device | str) -> Datas
             ) from None
     X, y = _torchvision_arrays(train)
     return _assemble(X, y, cfg, device, num_classes=classes, test=_torchvision_arrays(test),
-                     scale=255.0, augment=cfg.augment, info={"root": str(root)})
+                     scale=255.0, augment=cfg.augment, info={"root": str(root)},
+                     classes=getattr(train, "classes", None))
