@@ -5,15 +5,9 @@ its parameters as fields and ``build(spec) -> nn.Module``, registered with ``@MO
 (see ``mlp.py``). ``build_model(cfg, spec)`` builds the configured one.
 
 Every model is generic in ``spec.input_shape`` and ``spec.num_classes`` and uses PyTorch's
-default initialisation. Besides ``forward`` each model class provides what physical compaction
-(:mod:`trainables.compact`) needs:
-
-- ``input_shape``: the shape of one example (the model was built for it);
-- ``couplings()``: the list of :class:`Coupling` s, i.e. every place where the output channels of a
-  ``Linear``/``Conv2d`` *producer* reach a *consumer* layer only through channel-wise operations
-  (an optional BatchNorm on those channels, elementwise activations, pooling, dropout, flatten).
-  Exactly those channels can be removed from a trained network. Residual streams (ResNet) are not
-  couplings: a channel there is read by several layers and by the identity path.
+default initialisation. A model is a plain ``nn.Module``: which channels physical compaction
+(:mod:`trainables.compact`) can remove is found by tracing it, never declared. The built-ins also
+set ``input_shape`` (the shape of one example they were built for).
 
 Models (all ``nn.Sequential`` subclasses with named children, except ResNet-20):
 
@@ -33,7 +27,7 @@ Models (all ``nn.Sequential`` subclasses with named children, except ResNet-20):
 from __future__ import annotations
 
 from ..families import MODELS, ModelConfig
-from .base import Coupling, build_model, prunable_layers
+from .base import build_model, prunable_layers
 
 # registration, in the order the families are listed (docs, "valid" lists)
 from .mlp import MLP, MLPConfig  # isort: skip
@@ -44,7 +38,6 @@ from .resnet20 import BasicBlock, ResNet20, ResNet20Config  # isort: skip
 register = MODELS.register  # class decorator for a ModelConfig subclass
 
 __all__ = [
-    "Coupling",
     "MODELS",
     "ModelConfig",
     "register",

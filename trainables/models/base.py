@@ -1,10 +1,8 @@
-"""What every model family shares: ``build_model``, ``prunable_layers``, ``Coupling`` and the
-input-shape checks. The families themselves are one module each in this package.
+"""What every model family shares: ``build_model``, ``prunable_layers`` and the input-shape
+checks. The families themselves are one module each in this package.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from torch import nn
 
@@ -12,27 +10,7 @@ from ..configbase import _finite
 from ..data import DataSpec
 from ..families import MODELS, ModelConfig
 
-__all__ = ["Coupling", "build_model", "prunable_layers", "image_shape", "check_dropout"]
-
-
-@dataclass(frozen=True)
-class Coupling:
-    """Producer ``P`` -> [BatchNorm ``bn`` on P's channels] -> channel-wise ops -> consumer ``C``.
-
-    Names are qualified module names (``model.get_submodule(name)``). ``positions`` is how many
-    consecutive consumer inputs one producer channel feeds: 1 for Linear -> Linear and for a Conv2d
-    consumer (which reads channel ``j`` as ``W[:, j]``); ``H*W`` for a Linear reading a flattened
-    conv map of spatial size ``H x W``.
-    """
-
-    producer: str
-    consumer: str
-    bn: str | None = None
-    positions: int = 1
-
-    def __post_init__(self) -> None:
-        if self.positions < 1:
-            raise ValueError(f"Coupling positions must be >= 1, got positions={self.positions}")
+__all__ = ["build_model", "prunable_layers", "image_shape", "check_dropout"]
 
 
 def build_model(cfg: ModelConfig, spec: DataSpec) -> nn.Module:
