@@ -587,7 +587,7 @@ def _dense_factory(cfg: ModelConfig | None, spec: DataSpec, build: DenseFactory 
         if not callable(build):
             raise TypeError(f"build must be a callable returning the dense nn.Module, got {type(build).__name__}")
         return build
-    return lambda: build_model(cfg, spec)
+    return lambda: build_model(cfg, spec, weights=False)
 
 
 def _model_config(cfg: dict[str, Any] | ModelConfig) -> ModelConfig:

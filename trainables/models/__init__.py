@@ -22,6 +22,15 @@ Models (all ``nn.Sequential`` subclasses with named children, except ResNet-20):
   the spatial size below 1 is left out (so 8x8 digits go 8 -> 4 -> 2 -> 1 and skip the last two
   pools).
 - ``resnet20`` (``resnet20.py``): He et al.'s CIFAR ResNet-20 with option-A (parameter-free) shortcuts.
+
+Model sources (``sources.py`` holds what they share: data arguments, imports, trained weights):
+
+- ``python`` (``python_factory.py``): your own ``module:attribute`` factory;
+- ``torchvision`` (``torchvision_models.py``): ``torchvision.models.get_model(arch)``;
+- ``timm`` (``timm_models.py``): ``timm.create_model(arch)`` (optional extra).
+
+Any family may start from trained weights: ``build_model`` loads them after building (a family
+with a ``load_weights(model, spec)`` method, as the sources have).
 """
 
 from __future__ import annotations
@@ -34,6 +43,10 @@ from .mlp import MLP, MLPConfig  # isort: skip
 from .lenet_cges import LeNetCGES, LeNetCGESConfig  # isort: skip
 from .vgg16_cifar import VGG16, VGG16_CFG, VGG16Config  # isort: skip
 from .resnet20 import BasicBlock, ResNet20, ResNet20Config  # isort: skip
+# model sources: your own network, torchvision's and timm's
+from .python_factory import PythonModelConfig  # isort: skip
+from .torchvision_models import TorchvisionConfig  # isort: skip
+from .timm_models import TimmConfig  # isort: skip
 
 register = MODELS.register  # class decorator for a ModelConfig subclass
 
@@ -53,4 +66,7 @@ __all__ = [
     "ResNet20Config",
     "BasicBlock",
     "VGG16_CFG",
+    "PythonModelConfig",
+    "TorchvisionConfig",
+    "TimmConfig",
 ]

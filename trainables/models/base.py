@@ -13,14 +13,20 @@ from ..families import MODELS, ModelConfig
 __all__ = ["build_model", "prunable_layers", "image_shape", "check_dropout"]
 
 
-def build_model(cfg: ModelConfig, spec: DataSpec) -> nn.Module:
-    """The model of family ``cfg.name`` for data described by ``spec``."""
+def build_model(cfg: ModelConfig, spec: DataSpec, *, weights: bool = True) -> nn.Module:
+    """The model of family ``cfg.name`` for data described by ``spec``, with its trained weights
+    (``model.weights``) loaded unless ``weights=False`` (an architecture only: validation on the
+    ``meta`` device, a compact model rebuilt from its file)."""
     family = MODELS.get(cfg.name)  # ValueError listing the registered models
     if not isinstance(cfg, family):  # e.g. ModelConfig.model_construct(name=...)
         raise ValueError(f"model config for {cfg.name!r} must be a {family.__name__}, "
                          f"got {type(cfg).__name__}")
     _check_spec(spec)
-    return cfg.build(spec)
+    model = cfg.build(spec)
+    load = getattr(cfg, "load_weights", None)
+    if weights and load is not None:
+        load(model, spec)
+    return model
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
