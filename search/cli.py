@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 
 __all__ = ["main", "build_parser"]
@@ -45,11 +46,11 @@ examples:
 def _cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from trainables import ConfigError, TrialConfig, check_config, fit, save_run
+    from trainables import ConfigError, TrialConfig, check_trial, fit, save_run
 
     cfg = TrialConfig.from_yaml(args.config, overrides=args.set)
     try:
-        check_config(cfg)
+        check_trial(cfg)  # the real network built and run once, before training
     except ConfigError as e:  # name the file, as the errors of TrialConfig.from_yaml do
         raise ConfigError(e.problems, e.source or args.config) from None
     console = Console(stderr=True)
@@ -130,7 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"sparsetune: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.showwarning = _show_warning  # one line, no source location: for users, not developers
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
