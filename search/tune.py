@@ -21,9 +21,9 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
-import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
