@@ -321,7 +321,7 @@ def test_search_imports_the_user_module_in_ray_workers(user_dir, ray_session, ca
     rc = main(["search", "spec.yaml", "--quiet"])
     out = capsys.readouterr()
     assert rc == 0, out.err
-    results = list((directory / "ray").rglob("result.json"))
-    finals = [json.loads(line) for f in results for line in f.read_text().splitlines() if line.strip()]
-    done = [r for r in finals if r.get("final") == 1.0]
-    assert len(done) == 2 and all(r["compaction"] == "graph" for r in done), finals[-1]
+    finals = {f.parent.parent.name: json.loads(f.read_text())  # save_run's file, in the last checkpoint
+              for f in sorted((directory / "ray").rglob("checkpoint_*/result.json"))}
+    assert len(finals) == 2
+    assert all(r["compaction"] == "graph" and "test_accuracy" in r for r in finals.values())
