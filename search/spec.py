@@ -18,9 +18,9 @@ family's space they are relative to ``regularizer`` unless they start with a con
 (``optim/lr``, ``tying/enabled``). Conditional by construction: GrOWL's knobs never appear on a
 CGES trial. Validation builds every family's config at the low and high ends of its space (and each
 categorical choice) and checks it against the data and the model (the real network is built, loaded
-with its trained weights and run once per distinct model: ``trainables.check_trial``), so a path that is not a config
-field, a parameter the family does not have, or a value out of range is reported with the spec
-location and the value, before anything starts.
+with its trained weights and run once per distinct model: ``trainables.check_trial``), so a path
+that is not a config field, a parameter the family does not have, or a value out of range is
+reported with the spec location and the value, before anything starts.
 """
 
 from __future__ import annotations

@@ -166,6 +166,7 @@ def select_layers(layers: list[tuple[str, nn.Module]], selection: str | list[int
         return layers[lo:hi]
     names = [name for name, _ in layers]
     chosen: set[int] = set()
+    explicit: set[int] = set()  # chosen by index or exact name
     for item in selection:
         if isinstance(item, int):
             if not -n <= item < n:
@@ -180,8 +181,9 @@ def select_layers(layers: list[tuple[str, nn.Module]], selection: str | list[int
                 raise ConfigError([("regularizer.layers", _no_match(item, names, model), item)])
             chosen.update(matches)  # patterns may overlap each other and named layers
             continue
-        if index in chosen:
+        if index in explicit:  # the same index or name twice is a typo; overlapping patterns are not
             raise ConfigError([("regularizer.layers", "layer selected twice", item)])
+        explicit.add(index)
         chosen.add(index)
     return [layers[i] for i in sorted(chosen)]
 
