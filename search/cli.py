@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 __all__ = ["main", "build_parser"]
@@ -46,13 +47,13 @@ examples:
 def _cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from trainables import ConfigError, TrialConfig, check_config, fit, save_run
+    from trainables import ConfigError, TrialConfig, check_trial, fit, save_run
     from trainables.train import check_device
 
     cfg = TrialConfig.from_yaml(args.config, overrides=args.set)
     try:
-        check_config(cfg)
         check_device(cfg)
+        check_trial(cfg)  # the real network built and run once, before training
     except ConfigError as e:  # name the file, as the errors of TrialConfig.from_yaml do
         raise ConfigError(e.problems, e.source or args.config) from None
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
@@ -222,7 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"sparsetune: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    warnings.showwarning = _show_warning  # one line, no source location: for users, not developers
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

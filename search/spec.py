@@ -17,14 +17,16 @@ anything else is a constant. Paths are config field paths joined by ``/`` (or ``
 family's space they are relative to ``regularizer`` unless they start with a config section
 (``optim/lr``, ``tying/enabled``). Conditional by construction: GrOWL's knobs never appear on a
 CGES trial. Validation builds every family's config at the low and high ends of its space (and each
-categorical choice) and checks it against the data and the model, so a path that is not a config
-field, a parameter the family does not have, or a value out of range is reported with the spec
-location and the value, before anything starts.
+categorical choice) and checks it against the data and the model (the real network is built, loaded
+with its trained weights and run once per distinct model: ``trainables.check_trial``), so a path
+that is not a config field, a parameter the family does not have, or a value out of range is
+reported with the spec location and the value, before anything starts.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 from pathlib import Path
@@ -403,12 +405,18 @@ def validate_spec(spec: SearchSpec, source: str | None = None) -> None:
                                             "use device: auto or cuda", device))
     if problems:
         raise SpecError(problems, source)
-    from trainables import check_config
+    from trainables import check_config, check_trial
 
     epochs = 1  # the most epochs a trial runs (training + retraining): the scheduler's budget
+    networks: set[str] = set()  # (data, model) pairs whose real network was built and run
     for family, data, where in candidate_configs(spec):
         try:
             cfg = TrialConfig.from_dict(data)
+            network = json.dumps([cfg.data.model_dump(mode="json"), cfg.model.model_dump(mode="json")],
+                                 sort_keys=True, default=str)
+            if network not in networks:  # building a real network is costly: once per model
+                networks.add(network)
+                check_trial(cfg)
             check_config(cfg)
         except ConfigError as e:
             for path, msg, value in e.problems:

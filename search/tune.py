@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 import traceback
@@ -76,11 +77,16 @@ log = logging.getLogger("sparsetune")
 # ----------------------------------------------------------------------------- the trainable
 
 
-def train_trial(config: dict[str, Any], checkpoint_every_s: float = 0.0) -> None:
+def train_trial(config: dict[str, Any], checkpoint_every_s: float = 0.0, import_paths: tuple[str, ...] = ()) -> None:
     """One trial: ``fit`` reporting every epoch, with a checkpoint when ``checkpoint_every_s``
     seconds have passed since the last one and on the last epoch; resumed from Tune's checkpoint
-    if there is one."""
+    if there is one. ``import_paths`` (the driver's directory and PYTHONPATH) go on ``sys.path``
+    where they exist, so a user's ``model.factory`` module imports in the worker as in the driver."""
     import torch
+
+    for path in reversed(import_paths):
+        if path not in sys.path and os.path.isdir(path):
+            sys.path.insert(0, path)
 
     from trainables import TrainingDiverged, fit, save_run
 
@@ -474,8 +480,17 @@ def find_resumable(storage: str, name: str) -> str:
 
 
 def _trainable(spec: SearchSpec):
-    trainable = tune.with_parameters(train_trial, checkpoint_every_s=spec.checkpoint_every_s)
+    trainable = tune.with_parameters(train_trial, checkpoint_every_s=spec.checkpoint_every_s,
+                                     import_paths=_import_paths())
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def _import_paths() -> tuple[str, ...]:
+    """Where the driver imports a user's modules from: its current directory, then PYTHONPATH.
+    Ray workers start elsewhere (and trials run in their own directories), so a trial puts these on
+    its ``sys.path``; on a cluster the code travels with ``ray job submit --working-dir``."""
+    paths = [os.getcwd()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return tuple(dict.fromkeys(os.path.abspath(p) for p in paths))
 
 
 def _init_ray(address: str | None) -> bool:

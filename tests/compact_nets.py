@@ -34,3 +34,11 @@ def user_net() -> nn.Module:
     """The dense-model factory a user would hand to ``load_compact(build=...)``."""
     torch.manual_seed(0)
     return UserNet()
+
+
+def tiny_net(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A ``model: {name: python, factory: "compact_nets:tiny_net"}`` factory for any input shape."""
+    width = 1
+    for d in input_shape:
+        width *= d
+    return nn.Sequential(nn.Flatten(), nn.Linear(width, num_classes))

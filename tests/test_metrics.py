@@ -13,7 +13,7 @@ from trainables.compact import compact
 from trainables.config import ModelConfig
 from trainables.data import DataSpec
 from trainables.metrics import count_flops, count_nonzero, count_params, count_unique, model_metrics
-from trainables.models import MLP, Coupling, build_model
+from trainables.models import MLP, build_model
 
 
 def tiny_mlp() -> MLP:
@@ -29,9 +29,6 @@ class TinyConv(nn.Sequential):
             conv=nn.Conv2d(2, 3, 3, padding=1), relu=nn.ReLU(), pool=nn.MaxPool2d(2),
             flatten=nn.Flatten(), fc=nn.Linear(12, 2)))
         self.input_shape = (2, 4, 4)
-
-    def couplings(self):
-        return [Coupling("conv", "fc", positions=4)]
 
 
 def test_tiny_mlp_params_and_flops_by_hand():
@@ -129,7 +126,7 @@ def test_weight_only_toy_and_degenerate_network():
     W = layer.weight.data
     W[:, 0:4] = W[:, 0:4].mean(1, keepdim=True)  # 4 tied rows
     W[:, 4] = 0
-    model = nn.Sequential(layer)  # no couplings: the "compact" model is the model itself
+    model = nn.Sequential(layer)  # measured as its own "compact" model
     m = model_metrics(model, model, (7,))
     assert (m["params_total"], m["params_nonzero"], m["params_unique"]) == (28, 24, 3 * 4)
     assert m["sparsity"] == pytest.approx(4 / 28)

@@ -1,4 +1,5 @@
-"""Model zoo: every registered model builds and runs; hand-counted sizes; layer order; couplings."""
+"""Model zoo: every registered model builds and runs; hand-counted sizes; layer order; which channels
+compaction removes from each built-in."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.compact import check_couplings
+from trainables.compact import compact
 from trainables.config import ModelConfig
 from trainables.data import DataSpec
-from trainables.models import MODELS, Coupling, build_model, prunable_layers, register
+from trainables.models import MODELS, build_model, prunable_layers, register
+from trainables.models.sources import SourceConfig
 
 # (model, input shape) pairs each model must handle; registry-driven (see test_every_model_is_covered)
 CASES = [
@@ -35,7 +37,10 @@ def n_params(m: nn.Module) -> int:
 
 
 def test_every_model_is_covered():
-    assert {name for name, _ in CASES} == set(MODELS)
+    # the sources (python, torchvision, timm) build other people's networks: tests/test_own_model.py
+    builtins = {name for name, cls in MODELS.items() if not issubclass(cls, SourceConfig)}
+    assert builtins == {"mlp", "lenet_cges", "vgg16_cifar", "resnet20"}
+    assert {name for name, _ in CASES} == builtins
 
 
 @pytest.mark.parametrize("name,shape", CASES)
@@ -62,24 +67,10 @@ def test_prunable_layers_are_in_forward_order(name, shape):
     assert all(isinstance(m, (nn.Linear, nn.Conv2d)) for _, m in layers)
 
 
-@pytest.mark.parametrize("name,shape", CASES)
-def test_couplings_reference_existing_modules(name, shape):
-    model = make(name, shape)
-    couplings = check_couplings(model)  # raises on a missing module or a size mismatch
-    layer_names = [q for q, _ in prunable_layers(model)]
-    for c in couplings:
-        assert c.producer in layer_names and c.consumer in layer_names
-        assert layer_names.index(c.producer) < layer_names.index(c.consumer)
-        assert c.producer != layer_names[-1]  # the classes are never compacted away
-        if c.bn is not None:
-            assert isinstance(model.get_submodule(c.bn), (nn.BatchNorm1d, nn.BatchNorm2d))
-
-
 def test_mlp_784_300_10_param_count():
     model = make("mlp", (1, 28, 28))
     assert [q for q, _ in prunable_layers(model)] == ["fc1", "fc2"]
     assert n_params(model) == 784 * 300 + 300 + 300 * 10 + 10 == 238_510
-    assert model.couplings() == [Coupling("fc1", "fc2", None)]
 
 
 def test_mlp_options_batch_norm_after_relu_and_dropout():
@@ -87,7 +78,6 @@ def test_mlp_options_batch_norm_after_relu_and_dropout():
     names = [n for n, _ in model.named_children()]
     assert names == ["flatten", "fc1", "relu1", "bn1", "fc2", "relu2", "bn2", "dropout", "fc3"]
     assert model.dropout.p == 0.25
-    assert model.couplings() == [Coupling("fc1", "fc2", "bn1"), Coupling("fc2", "fc3", "bn2")]
     assert n_params(model) == (12 * 5 + 5) + 2 * 5 + (5 * 4 + 4) + 2 * 4 + (4 * 3 + 3)
 
 
@@ -102,14 +92,11 @@ def test_lenet_cges_official_sizes():
     }
     assert sizes["conv1"][0] == 800 and sizes["conv2"][0] == 51_200 and sizes["fc3"][0] == 3_211_264
     assert model.dropout.p == 0.5  # the family default
-    assert model.couplings() == [
-        Coupling("conv1", "conv2"), Coupling("conv2", "fc3", positions=49), Coupling("fc3", "fc4")]
 
 
 def test_lenet_on_digits_has_2x2_positions():
     model = make("lenet_cges", (1, 8, 8))
     assert model.fc3.in_features == 64 * 2 * 2
-    assert model.couplings()[1].positions == 4
 
 
 def test_vgg16_sizes_by_hand():
@@ -124,10 +111,6 @@ def test_vgg16_sizes_by_hand():
     names = [q for q, _ in prunable_layers(model)]
     assert names == [f"conv{i}" for i in range(1, 14)] + ["fc1", "fc2"]
     assert not any(isinstance(m, nn.ReLU) for m in list(model.children())[-3:])  # fc1 -> BN -> fc2
-    couplings = model.couplings()
-    assert len(couplings) == 14
-    assert couplings[-2] == Coupling("conv13", "fc1", "bn13", positions=1)
-    assert couplings[-1] == Coupling("fc1", "fc2", "bn_fc1")
 
 
 def test_vgg16_on_small_inputs_skips_pools():
@@ -145,9 +128,6 @@ def test_resnet20_sizes_by_hand():
     names = [q for q, _ in prunable_layers(model)]
     assert len(names) == 20 and names[0] == "conv1" and names[-1] == "fc"
     assert names[1:3] == ["layer1.0.conv1", "layer1.0.conv2"]
-    # only the blocks' inner channels are compactable: the residual stream has no coupling
-    assert model.couplings()[0] == Coupling("layer1.0.conv1", "layer1.0.conv2", "layer1.0.bn1")
-    assert len(model.couplings()) == 9
     # option A: shortcuts carry no parameters
     assert all(n_params(b.shortcut) == 0 for s in (model.layer1, model.layer2, model.layer3) for b in s)
 
@@ -179,3 +159,41 @@ def test_register_rejects_duplicates():
 def test_bad_input_shapes_are_named(name, shape, match):
     with pytest.raises(ValueError, match=match):
         make(name, shape)
+
+
+def _zero_inputs(layer: nn.Module, columns: list[int]) -> None:
+    with torch.no_grad():
+        layer.weight[:, columns] = 0
+
+
+def _sizes(net: nn.Module, names: list[str]) -> list[tuple[int, ...]]:
+    return [tuple(net.get_submodule(n).weight.shape[:2]) if n.split(".")[-1].startswith(("fc", "conv"))
+            else (net.get_submodule(n).num_features,) for n in names]
+
+
+def test_compaction_removes_the_expected_channels_of_each_builtin():
+    """What the hand-written couplings used to declare, found by tracing: a unit/channel whose every
+    consumer column is zero goes, with its producer row and BatchNorm entry; the residual stream stays."""
+    torch.manual_seed(0)
+    mlp = make("mlp", (12,), classes=3, hidden=[5, 4], batch_norm=True)
+    _zero_inputs(mlp.fc2, [0, 2])
+    assert _sizes(compact(mlp, (12,)).net, ["fc1", "bn1", "fc2", "fc3"]) == [(3, 12), (3,), (4, 3), (3, 4)]
+
+    lenet = make("lenet_cges", (1, 8, 8))  # 2x2 positions per conv2 channel reach fc3
+    _zero_inputs(lenet.fc3, list(range(5 * 4, 6 * 4)))  # channel 5, all 4 positions
+    _zero_inputs(lenet.fc3, [7 * 4])  # one position of channel 7 only: the channel is kept
+    assert _sizes(compact(lenet, (1, 8, 8)).net, ["conv2", "fc3"]) == [(63, 32), (1024, 63 * 4)]
+
+    vgg = make("vgg16_cifar", (1, 8, 8))
+    _zero_inputs(vgg.conv2, [3])
+    _zero_inputs(vgg.fc1, [10, 11])
+    small = compact(vgg, (1, 8, 8)).net
+    assert _sizes(small, ["conv1", "bn1", "conv2", "conv13", "bn13", "fc1"]) == \
+        [(63, 1), (63,), (64, 63), (510, 512), (510,), (512, 510)]
+
+    resnet = make("resnet20", (3, 32, 32))
+    _zero_inputs(resnet.layer1[0].conv2, [0, 1, 2, 3])  # a block's inner channels
+    _zero_inputs(resnet.layer1[0].conv1, [0])  # a residual-stream channel: also read by the shortcut
+    small = compact(resnet, (3, 32, 32)).net
+    assert _sizes(small, ["conv1", "layer1.0.conv1", "layer1.0.bn1", "layer1.0.conv2"]) == \
+        [(16, 3), (12, 16), (12,), (16, 12)]

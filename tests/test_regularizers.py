@@ -160,6 +160,8 @@ def _layers(n: int):
     ("inner", ["l1", "l2"]),
     ([0, -1], ["l0", "l3"]),
     (["l2", 0], ["l0", "l2"]),
+    (["l[12]", "l*"], ["l0", "l1", "l2", "l3"]),  # fnmatch patterns may overlap
+    (["l?", "l3"], ["l0", "l1", "l2", "l3"]),
 ])
 def test_select_layers(selection, expected):
     assert [name for name, _ in select_layers(_layers(4), selection)] == expected
@@ -167,7 +169,8 @@ def test_select_layers(selection, expected):
 
 @pytest.mark.parametrize("selection, message", [
     ([4], "out of range"),
-    (["nope"], "no such layer"),
+    (["nope"], r"matches no Conv2d/Linear layer of this model \(its 4 layers: l0, l1, l2, l3\)"),
+    (["l0", "x*"], "matches no Conv2d/Linear layer"),
     ([1, "l1"], "selected twice"),
 ])
 def test_select_layers_errors(selection, message):

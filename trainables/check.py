@@ -23,7 +23,7 @@ def check_config(cfg: TrialConfig) -> DataSpec:
     spec = describe(cfg.data)
     with torch.device("meta"):
         try:
-            model = build_model(cfg.model, spec)
+            model = build_model(cfg.model, spec, weights=False)
         except ConfigError:
             raise
         except ValueError as e:  # e.g. an input too small for the architecture

@@ -73,7 +73,7 @@ from torch import nn
 from .config import ModelConfig
 from .data import DataSpec
 from .metrics import eval_mode
-from .models import Coupling, build_model
+from .models import build_model
 
 __all__ = [
     "CompactModel",
@@ -81,7 +81,6 @@ __all__ = [
     "compact",
     "uncompacted",
     "check_compactable",
-    "check_couplings",
     "save_compact",
     "load_compact",
     "FORMAT",
@@ -523,37 +522,6 @@ def _verify(model: nn.Module, small: nn.Module, shape: tuple[int, ...]) -> None:
                               "as the dense one (an operation the graph does not model exactly)")
 
 
-# ----------------------------------------------------------------------------- legacy declarations
-
-
-def check_couplings(model: nn.Module) -> list[Coupling]:
-    """``model.couplings()``, checked (modules exist, sizes match). Deprecated: compaction no longer
-    reads these declarations; this stays only while the built-in models still declare them."""
-    if not callable(getattr(model, "couplings", None)):
-        raise TypeError(f"{type(model).__name__} has no couplings() method")
-    couplings = list(model.couplings())
-    for c in couplings:
-        p, q = (model.get_submodule(n) if _has(model, n) else None for n in (c.producer, c.consumer))
-        for name, m in ((c.producer, p), (c.consumer, q)):
-            if not isinstance(m, (nn.Linear, nn.Conv2d)):
-                raise ValueError(f"coupling module {name!r} is not a Linear/Conv2d of {type(model).__name__}")
-        expected = p.weight.shape[0] * (c.positions if isinstance(q, nn.Linear) else 1)
-        if q.weight.shape[1] != expected:
-            raise ValueError(f"coupling {c.producer!r} -> {c.consumer!r}: consumer reads "
-                             f"{q.weight.shape[1]} inputs, expected {expected}")
-        if c.bn is not None and getattr(model.get_submodule(c.bn), "num_features", None) != p.weight.shape[0]:
-            raise ValueError(f"coupling bn {c.bn!r} does not match producer {c.producer!r}")
-    return couplings
-
-
-def _has(model: nn.Module, name: str) -> bool:
-    try:
-        model.get_submodule(name)
-        return True
-    except AttributeError:
-        return False
-
-
 # ----------------------------------------------------------------------------- save / load
 
 DenseFactory = Callable[[], nn.Module]
@@ -623,7 +591,7 @@ def _dense_factory(cfg: ModelConfig | None, spec: DataSpec, build: DenseFactory 
         if not callable(build):
             raise TypeError(f"build must be a callable returning the dense nn.Module, got {type(build).__name__}")
         return build
-    return lambda: build_model(cfg, spec)
+    return lambda: build_model(cfg, spec, weights=False)
 
 
 def _model_config(cfg: dict[str, Any] | ModelConfig) -> ModelConfig:

@@ -76,6 +76,8 @@ def _type(annotation: Any) -> str:
     origin = get_origin(annotation)
     if origin is Annotated:
         return _type(get_args(annotation)[0])
+    if origin is dict:
+        return "mapping"
     if origin is Literal:
         return " \\| ".join(f"`{a}`" for a in get_args(annotation))
     if origin in (Union, types.UnionType):
@@ -92,6 +94,8 @@ def _type(annotation: Any) -> str:
 
 
 def _default(info: FieldInfo) -> str:
+    if info.is_required():
+        return "required"
     value = info.get_default(call_default_factory=True)
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")

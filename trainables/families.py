@@ -311,7 +311,8 @@ class RegularizerConfig(Family):
                              "CGES), `filter` (one per output filter)")
     layers: Literal[LAYER_SELECTIONS] | list[int | str] = Field(  # type: ignore[valid-type]
         "all", description="which Conv2d/Linear layers are regularized: a keyword, or a list of "
-                           "indices (0 = first, -1 = last) or qualified layer names")
+                           "indices (0 = first, -1 = last), qualified layer names and fnmatch patterns "
+                           "on them (`layer3.*`)")
     prox_every: Literal["step", "epoch"] = Field(
         "step", description="when the proximal step runs: after every optimizer step, or once per epoch "
                             "(step size = the current learning rate)")

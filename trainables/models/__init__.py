@@ -5,15 +5,9 @@ its parameters as fields and ``build(spec) -> nn.Module``, registered with ``@MO
 (see ``mlp.py``). ``build_model(cfg, spec)`` builds the configured one.
 
 Every model is generic in ``spec.input_shape`` and ``spec.num_classes`` and uses PyTorch's
-default initialisation. Besides ``forward`` each model class provides what physical compaction
-(:mod:`trainables.compact`) needs:
-
-- ``input_shape``: the shape of one example (the model was built for it);
-- ``couplings()``: the list of :class:`Coupling` s, i.e. every place where the output channels of a
-  ``Linear``/``Conv2d`` *producer* reach a *consumer* layer only through channel-wise operations
-  (an optional BatchNorm on those channels, elementwise activations, pooling, dropout, flatten).
-  Exactly those channels can be removed from a trained network. Residual streams (ResNet) are not
-  couplings: a channel there is read by several layers and by the identity path.
+default initialisation. A model is a plain ``nn.Module``: which channels physical compaction
+(:mod:`trainables.compact`) can remove is found by tracing it, never declared. The built-ins also
+set ``input_shape`` (the shape of one example they were built for).
 
 Models (all ``nn.Sequential`` subclasses with named children, except ResNet-20):
 
@@ -28,23 +22,35 @@ Models (all ``nn.Sequential`` subclasses with named children, except ResNet-20):
   the spatial size below 1 is left out (so 8x8 digits go 8 -> 4 -> 2 -> 1 and skip the last two
   pools).
 - ``resnet20`` (``resnet20.py``): He et al.'s CIFAR ResNet-20 with option-A (parameter-free) shortcuts.
+
+Model sources (``sources.py`` holds what they share: data arguments, imports, trained weights):
+
+- ``python`` (``python_factory.py``): your own ``module:attribute`` factory;
+- ``torchvision`` (``torchvision_models.py``): ``torchvision.models.get_model(arch)``;
+- ``timm`` (``timm_models.py``): ``timm.create_model(arch)`` (optional extra).
+
+Any family may start from trained weights: ``build_model`` loads them after building (a family
+with a ``load_weights(model, spec)`` method, as the sources have).
 """
 
 from __future__ import annotations
 
 from ..families import MODELS, ModelConfig
-from .base import Coupling, build_model, prunable_layers
+from .base import build_model, prunable_layers
 
 # registration, in the order the families are listed (docs, "valid" lists)
 from .mlp import MLP, MLPConfig  # isort: skip
 from .lenet_cges import LeNetCGES, LeNetCGESConfig  # isort: skip
 from .vgg16_cifar import VGG16, VGG16_CFG, VGG16Config  # isort: skip
 from .resnet20 import BasicBlock, ResNet20, ResNet20Config  # isort: skip
+# model sources: your own network, torchvision's and timm's
+from .python_factory import PythonModelConfig  # isort: skip
+from .torchvision_models import TorchvisionConfig  # isort: skip
+from .timm_models import TimmConfig  # isort: skip
 
 register = MODELS.register  # class decorator for a ModelConfig subclass
 
 __all__ = [
-    "Coupling",
     "MODELS",
     "ModelConfig",
     "register",
@@ -60,4 +66,7 @@ __all__ = [
     "ResNet20Config",
     "BasicBlock",
     "VGG16_CFG",
+    "PythonModelConfig",
+    "TorchvisionConfig",
+    "TimmConfig",
 ]

@@ -1,10 +1,8 @@
-"""What every model family shares: ``build_model``, ``prunable_layers``, ``Coupling`` and the
-input-shape checks. The families themselves are one module each in this package.
+"""What every model family shares: ``build_model``, ``prunable_layers`` and the input-shape
+checks. The families themselves are one module each in this package.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from torch import nn
 
@@ -12,37 +10,23 @@ from ..configbase import _finite
 from ..data import DataSpec
 from ..families import MODELS, ModelConfig
 
-__all__ = ["Coupling", "build_model", "prunable_layers", "image_shape", "check_dropout"]
+__all__ = ["build_model", "prunable_layers", "image_shape", "check_dropout"]
 
 
-@dataclass(frozen=True)
-class Coupling:
-    """Producer ``P`` -> [BatchNorm ``bn`` on P's channels] -> channel-wise ops -> consumer ``C``.
-
-    Names are qualified module names (``model.get_submodule(name)``). ``positions`` is how many
-    consecutive consumer inputs one producer channel feeds: 1 for Linear -> Linear and for a Conv2d
-    consumer (which reads channel ``j`` as ``W[:, j]``); ``H*W`` for a Linear reading a flattened
-    conv map of spatial size ``H x W``.
-    """
-
-    producer: str
-    consumer: str
-    bn: str | None = None
-    positions: int = 1
-
-    def __post_init__(self) -> None:
-        if self.positions < 1:
-            raise ValueError(f"Coupling positions must be >= 1, got positions={self.positions}")
-
-
-def build_model(cfg: ModelConfig, spec: DataSpec) -> nn.Module:
-    """The model of family ``cfg.name`` for data described by ``spec``."""
+def build_model(cfg: ModelConfig, spec: DataSpec, *, weights: bool = True) -> nn.Module:
+    """The model of family ``cfg.name`` for data described by ``spec``, with its trained weights
+    (``model.weights``) loaded unless ``weights=False`` (an architecture only: validation on the
+    ``meta`` device, a compact model rebuilt from its file)."""
     family = MODELS.get(cfg.name)  # ValueError listing the registered models
     if not isinstance(cfg, family):  # e.g. ModelConfig.model_construct(name=...)
         raise ValueError(f"model config for {cfg.name!r} must be a {family.__name__}, "
                          f"got {type(cfg).__name__}")
     _check_spec(spec)
-    return cfg.build(spec)
+    model = cfg.build(spec)
+    load = getattr(cfg, "load_weights", None)
+    if weights and load is not None:
+        load(model, spec)
+    return model
 
 
 def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..data import DataSpec
 from ..families import MODELS, ModelConfig
-from .base import Coupling, check_dropout, image_shape
+from .base import check_dropout, image_shape
 
 __all__ = ["LeNetCGES", "LeNetCGESConfig"]
 
@@ -50,10 +50,3 @@ class LeNetCGES(nn.Sequential):
         layers["fc4"] = nn.Linear(1024, num_classes)
         super().__init__(layers)
         self.input_shape = tuple(input_shape)
-
-    def couplings(self) -> list[Coupling]:
-        return [
-            Coupling("conv1", "conv2"),
-            Coupling("conv2", "fc3", positions=self.positions),
-            Coupling("fc3", "fc4"),
-        ]

@@ -15,7 +15,7 @@ from torch import nn
 from ..configbase import MAX_SIZE, _FieldError
 from ..data import DataSpec
 from ..families import MODELS, ModelConfig
-from .base import Coupling, check_dropout
+from .base import check_dropout
 
 __all__ = ["MLP", "MLPConfig"]
 
@@ -61,11 +61,3 @@ class MLP(nn.Sequential):
         layers[f"fc{len(hidden) + 1}"] = nn.Linear(width, num_classes)
         super().__init__(layers)
         self.input_shape = tuple(input_shape)
-        self._n_hidden = len(hidden)
-        self._batch_norm = batch_norm
-
-    def couplings(self) -> list[Coupling]:
-        return [
-            Coupling(f"fc{i}", f"fc{i + 1}", f"bn{i}" if self._batch_norm else None)
-            for i in range(1, self._n_hidden + 1)
-        ]

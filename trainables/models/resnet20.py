@@ -10,7 +10,7 @@ from torch import nn
 
 from ..data import DataSpec
 from ..families import MODELS, ModelConfig
-from .base import Coupling, image_shape
+from .base import image_shape
 
 __all__ = ["BasicBlock", "ResNet20", "ResNet20Config"]
 
@@ -83,10 +83,3 @@ class ResNet20(nn.Module):
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(torch.flatten(self.avgpool(x), 1))
-
-    def couplings(self) -> list[Coupling]:
-        """Only each block's inner channels (conv1 -> bn1 -> conv2); the residual stream is kept."""
-        return [
-            Coupling(f"{name}.conv1", f"{name}.conv2", f"{name}.bn1")
-            for name, m in self.named_modules() if isinstance(m, BasicBlock)
-        ]

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..data import DataSpec
 from ..families import MODELS, ModelConfig
-from .base import Coupling, check_dropout, image_shape
+from .base import check_dropout, image_shape
 
 __all__ = ["VGG16", "VGG16_CFG", "VGG16Config"]
 
@@ -46,8 +46,7 @@ class VGG16(nn.Sequential):
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, dropout: float = 0.0):
         c, h, w = input_shape
         layers: OrderedDict[str, nn.Module] = OrderedDict()
-        conv_names: list[str] = []
-        n_pool = 0
+        n_pool = n_conv = 0
         for item in VGG16_CFG:
             if item == "M":
                 n_pool += 1
@@ -55,11 +54,11 @@ class VGG16(nn.Sequential):
                     layers[f"pool{n_pool}"] = nn.MaxPool2d(2)
                     h, w = h // 2, w // 2
                 continue
-            i = len(conv_names) + 1
+            n_conv += 1
+            i = n_conv
             layers[f"conv{i}"] = nn.Conv2d(c, int(item), 3, padding=1)
             layers[f"bn{i}"] = nn.BatchNorm2d(int(item))
             layers[f"relu{i}"] = nn.ReLU()
-            conv_names.append(f"conv{i}")
             c = int(item)
         self.positions = h * w
         layers["flatten"] = nn.Flatten()
@@ -70,11 +69,3 @@ class VGG16(nn.Sequential):
         layers["fc2"] = nn.Linear(512, num_classes)
         super().__init__(layers)
         self.input_shape = tuple(input_shape)
-        self._convs = conv_names
-
-    def couplings(self) -> list[Coupling]:
-        out = [Coupling(p, q, "bn" + p[4:]) for p, q in zip(self._convs, self._convs[1:])]
-        last = self._convs[-1]
-        out.append(Coupling(last, "fc1", "bn" + last[4:], positions=self.positions))
-        out.append(Coupling("fc1", "fc2", "bn_fc1"))
-        return out

@@ -9,6 +9,7 @@ implementation, :data:`~trainables.families.REGULARIZERS` for the config tree).
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from abc import ABC
 from dataclasses import dataclass, field
@@ -192,9 +193,13 @@ class LayerRegularizer:
         W.copy_(from_groups(new, W.shape, self.grouping, conv_groups(self.module)))
 
 
-def select_layers(layers: list[tuple[str, nn.Module]], selection: str | list[int | str]
-                  ) -> list[tuple[str, nn.Module]]:
-    """The layers chosen by a ``regularizer.layers`` value, in model order."""
+def select_layers(layers: list[tuple[str, nn.Module]], selection: str | list[int | str],
+                  model: nn.Module | None = None) -> list[tuple[str, nn.Module]]:
+    """The layers chosen by a ``regularizer.layers`` value, in model order.
+
+    A list holds indices (0 = first, -1 = last), qualified layer names and ``fnmatch`` patterns
+    on them (``layer3.*``: ``*`` also matches dots). A pattern or name that matches no Conv2d/Linear
+    layer is an error naming it (and, with ``model``, the other modules it does match)."""
     n = len(layers)
     if isinstance(selection, str):
         if selection not in LAYER_SELECTIONS:
@@ -204,6 +209,7 @@ def select_layers(layers: list[tuple[str, nn.Module]], selection: str | list[int
         return layers[lo:hi]
     names = [name for name, _ in layers]
     chosen: set[int] = set()
+    explicit: set[int] = set()  # chosen by index or exact name
     for item in selection:
         if isinstance(item, int):
             if not -n <= item < n:
@@ -213,11 +219,29 @@ def select_layers(layers: list[tuple[str, nn.Module]], selection: str | list[int
         elif item in names:
             index = names.index(item)
         else:
-            raise ConfigError([("regularizer.layers", f"no such layer; the model's layers are {names}", item)])
-        if index in chosen:
+            matches = [i for i, name in enumerate(names) if fnmatch.fnmatchcase(name, item)]
+            if not matches:
+                raise ConfigError([("regularizer.layers", _no_match(item, names, model), item)])
+            chosen.update(matches)  # patterns may overlap each other and named layers
+            continue
+        if index in explicit:  # the same index or name twice is a typo; overlapping patterns are not
             raise ConfigError([("regularizer.layers", "layer selected twice", item)])
+        explicit.add(index)
         chosen.add(index)
     return [layers[i] for i in sorted(chosen)]
+
+
+def _no_match(item: str, names: list[str], model: nn.Module | None) -> str:
+    shown = names if len(names) <= 12 else names[:6] + ["..."] + names[-5:]
+    msg = f"matches no Conv2d/Linear layer of this model (its {len(names)} layers: {', '.join(shown)})"
+    others = [(q, type(m).__name__) for q, m in (model.named_modules() if model is not None else [])
+              if q and fnmatch.fnmatchcase(q, item)]
+    if others:
+        listed = ", ".join(f"{q} ({kind})" for q, kind in others[:4]) + (" ..." if len(others) > 4 else "")
+        msg += f"; it matches {listed}, not a Conv2d/Linear layer"
+        if any(name.startswith(item + ".") for name in names):
+            msg += f" (for the layers inside, write {item + '.*'!r})"
+    return msg
 
 
 def build_layer_regularizers(cfg: RegularizerConfig, model: nn.Module) -> list[LayerRegularizer]:
@@ -225,7 +249,7 @@ def build_layer_regularizers(cfg: RegularizerConfig, model: nn.Module) -> list[L
     from ..models import prunable_layers
 
     cls = get_regularizer(cfg.name)
-    layers = select_layers(prunable_layers(model), cfg.layers)
+    layers = select_layers(prunable_layers(model), cfg.layers, model)
     if not layers and cfg.name != "none":
         raise ConfigError([("regularizer.layers", "selects no layer of this model", cfg.layers)])
     per_layer: list[dict[str, Any]] = [{} for _ in layers]
