@@ -15,8 +15,8 @@ trials before reaching E, its final hypervolume is reported and the row says so.
 The hypervolume is ``search.frontier.Frontier.of`` over the complete trials: the one definition
 the search itself uses (objectives normalised by the dense network, accuracy reference 0.1).
 
-    python bench/moasha_vs_fifo.py --out bench/results/moasha_vs_fifo.json
-    python bench/moasha_vs_fifo.py --seeds 0                                           # one seed (~7 min), to size it
+    python bench/moasha_vs_fifo.py --out bench/results/moasha_vs_fifo.json    # 3 seeds, ~20 min
+    python bench/moasha_vs_fifo.py --seeds 0        # one seed (~7 min on 2 busy cores), to size it
 """
 
 from __future__ import annotations
