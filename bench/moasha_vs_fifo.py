@@ -15,8 +15,8 @@ trials before reaching E, its final hypervolume is reported and the row says so.
 The hypervolume is ``search.frontier.Frontier.of`` over the complete trials: the one definition
 the search itself uses (objectives normalised by the dense network, accuracy reference 0.1).
 
-    python bench/moasha_vs_fifo.py --out bench/results/moasha_vs_fifo.json    # 3 seeds, ~20 min
-    python bench/moasha_vs_fifo.py --seeds 0        # one seed (~7 min on 2 busy cores), to size it
+    python bench/moasha_vs_fifo.py --out bench/results/moasha_vs_fifo.json    # 3 seeds x (16 FIFO + 48 MO-ASHA trials), ~10 min
+    python bench/moasha_vs_fifo.py --seeds 0        # one seed (~3 min on 2 busy cores), to size it
 """
 
 from __future__ import annotations
@@ -114,8 +114,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, repeats=1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--fifo-trials", type=int, default=8)
-    parser.add_argument("--moasha-trials", type=int, default=24)
+    parser.add_argument("--fifo-trials", type=int, default=16)
+    parser.add_argument("--moasha-trials", type=int, default=48)
     parser.add_argument("--epochs", type=int, default=12, help="epochs per full trial")
     parser.add_argument("--grace-period", type=int, default=2)
     parser.add_argument("--reduction-factor", type=float, default=3.0)
