@@ -246,17 +246,27 @@ def test_one_hypervolume_with_a_reference_everywhere(tmp_path, monkeypatch, caps
     assert "pareto" in out
 
 
-def test_frontier_and_export_load_neither_torch_nor_ray(tmp_path):
+@pytest.mark.parametrize("command", ["frontier", "export"])
+def test_frontier_and_export_load_neither_torch_nor_ray_nor_mlflow(tmp_path, command):
+    """They start in about a second: a SQLite store is read without MLflow (search/store.py)."""
     tracker = _tracker(tmp_path)
-    _finish(tracker, "a", 0.9, 10.0)
+    run = tracker.run_for("a", "cges_a", "cges", {"regularizer": {"name": "cges"}})
+    tracker.log_result(run, {"epoch": 1, "val_accuracy": 0.9, "params_nonzero": 10.0, "params_total": 100.0})
+    (tmp_path / "art").mkdir()
+    (tmp_path / "art" / "config.yaml").write_text("seed: 3\n")
+    tracker.complete(run, "a", tmp_path / "art")
     tracker.finish()
+    extra = ", '--out', 'exported'" if command == "export" else ""
     code = ("import sys; from search.cli import main; "
-            f"rc = main(['frontier', '--experiment', 'exp', '--tracking-uri', 'sqlite:///{tmp_path}/m.db']); "
-            "heavy = sorted(m for m in ('torch', 'ray', 'trainables', 'optuna') if m in sys.modules); "
-            "print('LOADED', heavy, rc)")
+            f"rc = main(['{command}', '--experiment', 'exp', '--tracking-uri', 'sqlite:///{tmp_path}/m.db'{extra}]); "
+            "heavy = sorted(m for m in ('torch', 'ray', 'trainables', 'optuna', 'mlflow', 'sqlalchemy', 'pandas') "
+            "if m in sys.modules); print('LOADED', heavy, rc)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert "LOADED [] 0" in out.stdout, out.stdout + out.stderr
+    if command == "export":
+        [exported] = (tmp_path / "exported").glob("rank0_cges_a.yaml")
+        assert exported.read_text().endswith("seed: 3\n")
 
 
 def test_frontier_of_a_missing_store_exits_2_without_traceback(tmp_path, monkeypatch, capsys):
