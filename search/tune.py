@@ -272,6 +272,7 @@ class TrackingCallback(tune.Callback):
         self._durations: list[float] = []
         self._said: dict[str, float] = {}  # trial_id -> time of its last progress line
         self._epochs: dict[str, int] = {}  # trial_id -> epochs it runs
+        self._settled: set[str] = set()  # trials whose end is recorded (or was, before a restore)
 
     def __getstate__(self) -> dict:
         keep = ("tracker", "total", "concurrency", "quiet", "time_budget_s", "progress_s")
@@ -293,6 +294,7 @@ class TrackingCallback(tune.Callback):
             self._reconciled = True
             for trial in trials:
                 if trial.status in ("TERMINATED", "ERROR"):
+                    self._settled.add(trial.trial_id)
                     if not self._settle(trial, replay=True):
                         self.done += 1  # recorded before the interruption: keep counting from it
 
@@ -300,7 +302,7 @@ class TrackingCallback(tune.Callback):
         self._run(trial)
         self._started[trial.trial_id] = time.monotonic()
         self._said[trial.trial_id] = time.monotonic()
-        running = sum(t.status == "RUNNING" for t in trials)
+        running = sum(t.status == "RUNNING" or t is trial for t in trials)  # Tune marks it RUNNING after this hook
         self._say(f"  start  {_name(trial)}  ({running} running, {self.done}/{self.total} done)")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
@@ -338,6 +340,7 @@ class TrackingCallback(tune.Callback):
         if replay and self.tracker.client.get_run(run).info.status != "RUNNING":
             return False
         result = trial.last_result or {}
+        self._settled.add(trial.trial_id)
         self.done += 1
         if trial.trial_id in self._started:
             self._durations.append(time.monotonic() - self._started.pop(trial.trial_id))
@@ -373,6 +376,13 @@ class TrackingCallback(tune.Callback):
     def on_experiment_end(self, trials: list, **info) -> None:
         self.complete = len(trials) >= self.total and all(t.status in ("TERMINATED", "ERROR") for t in trials)
         self.budget_hit = self.budget_hit or (not self.complete and self._budget_reached())
+        if self.budget_hit:
+            # Tune stops the trials still running (or still waiting for a worker) when the budget
+            # runs out without calling any trial hook (TuneController._schedule_trial_stop): they
+            # are recorded here, as stopped (or complete, if their last epoch was in)
+            for trial in trials:
+                if trial.status == "TERMINATED" and trial.trial_id not in self._settled:
+                    self._settle(trial)
         if self.complete:
             outcome = "complete"
         elif self.budget_hit:
@@ -528,6 +538,8 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
         callback.quiet = quiet
         _say_start(callback, spec, search_id, storage, uri, optuna_url, resumed=bool(path), budget=budget)
         tuner.fit()
+        if callback.budget_hit:
+            _prune_stopped(optuna_url, search_id)
         if callback.done:
             _log_importances(callback.tracker, optuna_url, search_id, spec, callback)
         return SearchOutcome(search_id, f"{storage.rstrip('/')}/{search_id}", callback.frontier,
@@ -568,6 +580,14 @@ def _new_tuner(spec: SearchSpec, storage: str, search_id: str, callback: Trackin
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
     return tune.Tuner(_trainable(spec), param_space=dict(spec.base), tune_config=tune_config, run_config=run_config)
+
+
+def _prune_stopped(optuna_url: str, study_name: str) -> None:
+    """Tell Optuna that the trials the time budget stopped were pruned: Tune stops them without
+    telling the searcher, and they would stay RUNNING in the study (and in optuna-dashboard)."""
+    study = optuna.load_study(study_name=study_name, storage=optuna_url)
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(t.number, state=optuna.trial.TrialState.PRUNED)
 
 
 def _log_importances(tracker: Tracker, optuna_url: str, search_id: str, spec: SearchSpec,
