@@ -40,6 +40,7 @@ from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+from ray.tune.stopper import TimeoutStopper  # noqa: E402
 
 from trainables.config import TrialConfig  # noqa: E402
 
@@ -259,6 +260,7 @@ class TrackingCallback(tune.Callback):
         self.quiet = quiet
         self.time_budget_s = time_budget_s
         self.progress_s = progress_s
+        self.search_alg = None  # the search algorithm (set by run_search; not pickled)
         self._fresh_state()
 
     def _fresh_state(self) -> None:
@@ -280,6 +282,7 @@ class TrackingCallback(tune.Callback):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.search_alg = None
         self._fresh_state()
 
     def _say(self, text: str) -> None:
@@ -373,16 +376,24 @@ class TrackingCallback(tune.Callback):
         mean = sum(self._durations) / len(self._durations)
         return f" | ETA {_duration(mean * math.ceil(left / self.concurrency))}"
 
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        """When the time budget runs out, Tune stops the trials still running (or waiting for a
+        worker) without calling any trial hook or telling the searcher
+        (``TuneController._stop_experiment_if_needed``). They are recorded here, in the step that
+        stopped them: stopped (or complete, if their last epoch was in), and told to the searcher
+        as Ray would have, so that the experiment state Tune saves next does not hold them as
+        live: the concurrency limiter of a resumed search would wait for them forever."""
+        if not self._budget_reached():
+            return
+        for trial in trials:
+            if trial.status == "TERMINATED" and trial.trial_id not in self._settled:
+                self._settle(trial)
+                if self.search_alg is not None:
+                    self.search_alg.on_trial_complete(trial.trial_id, result=trial.last_result or {"final": 0.0})
+
     def on_experiment_end(self, trials: list, **info) -> None:
         self.complete = len(trials) >= self.total and all(t.status in ("TERMINATED", "ERROR") for t in trials)
         self.budget_hit = self.budget_hit or (not self.complete and self._budget_reached())
-        if self.budget_hit:
-            # Tune stops the trials still running (or still waiting for a worker) when the budget
-            # runs out without calling any trial hook (TuneController._schedule_trial_stop): they
-            # are recorded here, as stopped (or complete, if their last epoch was in)
-            for trial in trials:
-                if trial.status == "TERMINATED" and trial.trial_id not in self._settled:
-                    self._settle(trial)
         if self.complete:
             outcome = "complete"
         elif self.budget_hit:
@@ -450,6 +461,27 @@ def _callback_of(tuner: tune.Tuner) -> TrackingCallback:
         if isinstance(cb, TrackingCallback):
             return cb
     raise RuntimeError("the restored search has no sparsetune tracking callback")
+
+
+class _ResumableBudget(TimeoutStopper):
+    """Tune's time budget, started afresh when the search is resumed.
+
+    Tune saves its stopper with the experiment state and restores it with the budget already
+    spent, so with ``TuneConfig(time_budget_s=...)`` a resumed search stops at its first step.
+    This stopper resets its budget when it is unpickled; ``next_budget_s`` (``--resume
+    --time-budget``) replaces it."""
+
+    next_budget_s: float | None = None
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if _ResumableBudget.next_budget_s is not None:
+            self._timeout_seconds = _ResumableBudget.next_budget_s
+        self._budget = self._timeout_seconds
+
+
+def _search_alg_of(tuner: tune.Tuner) -> SearchGenerator:
+    return tuner._local_tuner._tune_config.search_alg
 
 
 def _set_time_budget(tuner: tune.Tuner, seconds: float | None) -> None:
@@ -527,9 +559,11 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
             tuner = tune.Tuner.restore(path, trainable=_trainable(spec), resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
             callback = _callback_of(tuner)
+            callback.search_alg = _search_alg_of(tuner)
             if time_budget_s is not None:
                 _set_time_budget(tuner, time_budget_s)
                 callback.time_budget_s = time_budget_s
+                _ResumableBudget.next_budget_s = time_budget_s
         else:
             tracker = Tracker(uri, spec.name, search_id, list(spec.objectives), spec_yaml, _search_params(spec),
                               compares=_compares(spec), optuna_storage=optuna_url)
@@ -538,14 +572,13 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
         callback.quiet = quiet
         _say_start(callback, spec, search_id, storage, uri, optuna_url, resumed=bool(path), budget=budget)
         tuner.fit()
-        if callback.budget_hit:
-            _prune_stopped(optuna_url, search_id)
         if callback.done:
             _log_importances(callback.tracker, optuna_url, search_id, spec, callback)
         return SearchOutcome(search_id, f"{storage.rstrip('/')}/{search_id}", callback.frontier,
                              complete=callback.complete, budget_hit=callback.budget_hit,
                              url=callback.tracker.url, optuna_storage=optuna_url)
     finally:
+        _ResumableBudget.next_budget_s = None
         if started:
             ray.shutdown()
 
@@ -571,23 +604,16 @@ def make_scheduler(spec: SearchSpec):
 def _new_tuner(spec: SearchSpec, storage: str, search_id: str, callback: TrackingCallback, optuna_url: str,
                budget: float | None) -> tune.Tuner:
     searcher = ConcurrencyLimiter(make_searcher(spec, optuna_url, search_id), max_concurrent=spec.concurrency)
+    callback.search_alg = _ResumableGenerator(searcher)
     tune_config = tune.TuneConfig(
-        search_alg=_ResumableGenerator(searcher), scheduler=make_scheduler(spec), num_samples=spec.trials,
-        reuse_actors=True, trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
-        time_budget_s=budget)
+        search_alg=callback.search_alg, scheduler=make_scheduler(spec), num_samples=spec.trials,
+        reuse_actors=True, trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
     run_config = tune.RunConfig(
         name=search_id, storage_path=storage, callbacks=[callback], verbose=0,
+        stop=_ResumableBudget(budget) if budget else None,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
     return tune.Tuner(_trainable(spec), param_space=dict(spec.base), tune_config=tune_config, run_config=run_config)
-
-
-def _prune_stopped(optuna_url: str, study_name: str) -> None:
-    """Tell Optuna that the trials the time budget stopped were pruned: Tune stops them without
-    telling the searcher, and they would stay RUNNING in the study (and in optuna-dashboard)."""
-    study = optuna.load_study(study_name=study_name, storage=optuna_url)
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(t.number, state=optuna.trial.TrialState.PRUNED)
 
 
 def _log_importances(tracker: Tracker, optuna_url: str, search_id: str, spec: SearchSpec,

@@ -319,6 +319,14 @@ def test_private_ray_attributes_we_rely_on_still_exist():
     reopened.set_state(state)
     assert state["finished"] and not reopened.is_finished()
     assert "_tune_config" in inspect.getsource(TunerInternal.__init__)
+    # Tune stops the trials running when the time budget runs out without a trial hook, and only
+    # then calls the callbacks' on_step_end (search/tune.py: TrackingCallback.on_step_end)
+    from ray.tune.execution.tune_controller import TuneController
+
+    stop = inspect.getsource(TuneController._stop_experiment_if_needed)
+    assert "_schedule_trial_stop" in stop and "on_trial_complete" not in stop
+    step = inspect.getsource(TuneController.step)
+    assert step.index("_stop_experiment_if_needed()") < step.index("_callbacks.on_step_end")
     assert "def get_run_config" in inspect.getsource(TunerInternal)
 
 
