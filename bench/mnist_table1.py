@@ -83,17 +83,15 @@ def run_the_search(args, work: Path) -> tuple[SearchSpec, object]:
         return spec, run_search(spec, yaml.safe_dump(spec_dict), quiet=False)
     from types import SimpleNamespace
 
-    from mlflow.tracking import MlflowClient
+    from search.store import load_frontier, open_store
 
-    from search.tracking import find_search, load_frontier
-
-    client = MlflowClient(spec.tracking_uri)
-    exp, parent = find_search(client, spec.name)
-    if parent is None or parent.info.status != "FINISHED":
+    reader = open_store(spec.tracking_uri)
+    experiment_id, parent = reader.find_search(spec.name)
+    if parent is None or parent.status != "FINISHED":
         raise SystemExit(f"--reuse-search: no finished search {spec.name!r} in {work}")
-    frontier = load_frontier(client, exp.experiment_id, parent.info.run_id, list(spec.objectives))
-    print(f"reusing search {parent.info.run_name}: {len(frontier.rows)} complete trials", flush=True)
-    return spec, SimpleNamespace(frontier=frontier, search_id=parent.info.run_name)
+    frontier = load_frontier(reader, experiment_id, parent.run_id, list(spec.objectives))
+    print(f"reusing search {parent.run_name}: {len(frontier.rows)} complete trials", flush=True)
+    return spec, SimpleNamespace(frontier=frontier, search_id=parent.run_name)
 
 
 def pick(rows: list[dict], family: str, wd: float, tolerance: float) -> dict | None:

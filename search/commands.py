@@ -117,7 +117,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace):
     import os
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # when the MLflow client reads
     from .locations import InputError, resolve_tracking_uri
 
     try:
@@ -126,21 +126,22 @@ def _load(args: argparse.Namespace):
         raise InputError("--tracking-uri", str(e), args.tracking_uri) from None
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         raise InputError("--tracking-uri", "no MLflow store there (run a search first)", uri)
-    from mlflow.tracking import MlflowClient
-
     from .frontier import objectives_from_json
-    from .tracking import find_search, load_frontier
+    from .store import NotAStore, load_frontier, open_store
 
-    client = MlflowClient(uri)
-    exp, parent = find_search(client, args.experiment, args.search_id)
+    try:
+        reader = open_store(uri)  # a SQLite store is read without loading MLflow (search/store.py)
+    except NotAStore as e:
+        raise InputError("--tracking-uri", str(e), uri) from None
+    experiment_id, parent = reader.find_search(args.experiment, args.search_id)
     if parent is None:
         what = f"search {args.search_id!r} in " if args.search_id else ""
         raise InputError("--experiment", f"no {what}search recorded in {uri}", args.experiment)
     # the objectives as the search defined them, hypervolume references included: the same
     # hypervolume as the search's own
-    objectives = objectives_from_json(parent.data.params["objectives"])
-    frontier = load_frontier(client, exp.experiment_id, parent.info.run_id, objectives)
-    return client, parent, _constrained(frontier, args)
+    objectives = objectives_from_json(parent.params["objectives"])
+    frontier = load_frontier(reader, experiment_id, parent.run_id, objectives)
+    return reader, parent, _constrained(frontier, args)
 
 
 def _constrained(frontier, args: argparse.Namespace):
@@ -160,21 +161,21 @@ def _constrained(frontier, args: argparse.Namespace):
 def _cmd_frontier(args: argparse.Namespace) -> int:
     _, parent, frontier = _load(args)
     rows = frontier.ranked if args.all else frontier.points
-    _print_table(frontier, rows, f"{parent.info.run_name}: {int(frontier.mask.sum())} Pareto-optimal of "
+    _print_table(frontier, rows, f"{parent.run_name}: {int(frontier.mask.sum())} Pareto-optimal of "
                                  f"{len(frontier.rows)} complete trials; hypervolume {frontier.hypervolume:.4f}",
                  pareto_column=args.all)
     if args.plot:
         from .plots import frontier_figure
 
         y = next((o.metric for o in frontier.objectives if o.mode == "max"), "val_accuracy")
-        title = f"{parent.info.run_name}: {len(frontier.rows)} complete trials"
+        title = f"{parent.run_name}: {len(frontier.rows)} complete trials"
         frontier_figure(frontier, args.plot_x, y, title=title).savefig(args.plot, dpi=120, bbox_inches="tight")
         print(f"wrote {args.plot}")
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    client, parent, frontier = _load(args)
+    reader, parent, frontier = _load(args)
     chosen = frontier.points
     if not chosen:
         print("sparsetune export: no complete run meets the constraints", file=sys.stderr)
@@ -184,9 +185,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     index = []
     for rank, row in enumerate(chosen):
         # the trial's own config.yaml, byte for byte: TrialConfig.to_dict() of exactly what it ran
-        local = client.download_artifacts(row["run_id"], "config.yaml", str(out / f".dl{rank}"))
+        local = reader.download(row["run_id"], "config.yaml", out / f".dl{rank}")
         name = f"rank{rank}_{row['regularizer']}_{row['trial_id']}.yaml"
-        header = (f"# exported from MLflow run {row['run_id']} (search {parent.info.run_name}, trial "
+        header = (f"# exported from MLflow run {row['run_id']} (search {parent.run_name}, trial "
                   f"{row['trial_id']})\n# " + ", ".join(f"{o.metric}={row.get(o.metric)}" for o in frontier.objectives)
                   + f", test_accuracy={row.get('test_accuracy')}\n")
         (out / name).write_text(header + Path(local).read_text())

@@ -25,12 +25,11 @@ from mlflow.tracking import MlflowClient
 
 from .frontier import Frontier, Objective, better, objective_matrix, objectives_to_json
 from .locations import runs_url
+from .store import TAG, ClientReader, RunRecord, failure_summary, load_frontier, row_of
 
-__all__ = ["Tracker", "Frontier", "load_frontier", "find_search", "objective_matrix", "ARTIFACTS",
-           "failure_summary"]
+__all__ = ["Tracker", "Frontier", "objective_matrix", "ARTIFACTS", "failure_summary"]
 
 ARTIFACTS = ("config.yaml", "result.json", "compact_model.pt")
-TAG = "sparsetune"
 MAX_TAG = 4000
 
 
@@ -40,63 +39,6 @@ def _now_ms() -> int:
 
 def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def find_search(client: MlflowClient, experiment: str, search_id: str | None = None):
-    """The parent run of a search (the latest one of the experiment if ``search_id`` is None)."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None, None
-    filt = f"tags.`{TAG}.kind` = 'search'"
-    if search_id:
-        filt += f" and tags.`{TAG}.search_id` = '{search_id}'"
-    runs = client.search_runs([exp.experiment_id], filt, order_by=["attributes.start_time DESC"], max_results=1)
-    return exp, (runs[0] if runs else None)
-
-
-def _children(client: MlflowClient, experiment_id: str, parent_id: str) -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'",
-                                  max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _row(run) -> dict:
-    tags = run.data.tags
-    row = {"run_id": run.info.run_id, "trial_id": tags.get(f"{TAG}.trial_id", ""),
-           "regularizer": tags.get(f"{TAG}.regularizer", ""), **run.data.metrics}
-    row.update({f"param:{k}": v for k, v in run.data.params.items()})
-    return row
-
-
-def load_frontier(client: MlflowClient, experiment_id: str, parent_id: str,
-                  objectives: list[Objective]) -> Frontier:
-    """The frontier over a search's complete (finished, full-budget) trials, read from MLflow;
-    the pruned and failed trials come along in ``others`` (with their ``state`` and ``cause``)."""
-    rows, others = [], []
-    for r in _children(client, experiment_id, parent_id):
-        state = r.data.tags.get(f"{TAG}.state", "running")
-        if r.info.status == "FINISHED" and state == "complete":
-            rows.append(_row(r))
-        else:
-            others.append({**_row(r), "state": state, "cause": r.data.tags.get(f"{TAG}.cause", "")})
-    rows.sort(key=lambda r: r["trial_id"])
-    others.sort(key=lambda r: (r["state"], r["trial_id"]))
-    return Frontier.of(rows, objectives, others)
-
-
-def failure_summary(others: list[dict]) -> list[tuple[int, str]]:
-    """(count, cause) per distinct cause of the failed trials, most frequent first."""
-    counts: dict[str, int] = {}
-    for row in others:
-        if row.get("state") == "failed":
-            cause = row.get("cause") or "unknown error"
-            counts[cause] = counts.get(cause, 0) + 1
-    return sorted(((n, c) for c, n in counts.items()), key=lambda x: (-x[0], x[1]))
 
 
 def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
@@ -155,6 +97,11 @@ class Tracker:
         return self._client
 
     @property
+    def reader(self) -> ClientReader:
+        """Reads runs back (the frontier) through the same client that writes them."""
+        return ClientReader(self.client)
+
+    @property
     def parent_id(self) -> str:
         if self._parent_id is None:
             self._parent_id = self._find_or_create_parent()
@@ -172,20 +119,20 @@ class Tracker:
         return runs_url(self.tracking_uri, self.experiment_id, first.metric, first.mode == "min")
 
     def _find_or_create_parent(self) -> str:
-        exp, run = find_search(self.client, self.experiment, self.search_id)
-        if exp is None:
+        exp_id, run = self.reader.find_search(self.experiment, self.search_id)
+        if exp_id is None:
             self._experiment_id = self.client.create_experiment(self.experiment, _artifact_location(
                 self.tracking_uri, self.experiment))
         else:
-            self._experiment_id = exp.experiment_id
+            self._experiment_id = exp_id
         # a training experiment, so the UI opens on its runs (not on the GenAI overview), and a
         # description of what it compares
         self.client.set_experiment_tag(self._experiment_id, "mlflow.experimentKind", "custom_model_development")
         if self.compares:
             self.client.set_experiment_tag(self._experiment_id, "mlflow.note.content", self.compares)
         if run is not None:
-            self.client.update_run(run.info.run_id, status="RUNNING")
-            return run.info.run_id
+            self.client.update_run(run.run_id, status="RUNNING")
+            return run.run_id
         tags = {f"{TAG}.kind": "search", f"{TAG}.search_id": self.search_id,
                 "mlflow.note.content": f"Search `{self.search_id}` is running.\n\n" + self._objectives_md()}
         run = self.client.create_run(self._experiment_id, run_name=self.search_id, tags=tags)
@@ -272,7 +219,7 @@ class Tracker:
         self.client.set_tag(run_id, f"{TAG}.state", "complete")
         self.client.set_terminated(run_id, "FINISHED")
         rows = self._complete_rows()
-        rows[trial_id] = _row(self.client.get_run(run_id))
+        rows[trial_id] = row_of(RunRecord.of(self.client.get_run(run_id)))
         return self._update_frontier()
 
     def pruned(self, run_id: str, epoch: int) -> None:
@@ -310,7 +257,7 @@ class Tracker:
 
     def _complete_rows(self) -> dict[str, dict]:
         if self._rows is None:
-            frontier = load_frontier(self.client, self.experiment_id, self.parent_id, self.objectives)
+            frontier = load_frontier(self.reader, self.experiment_id, self.parent_id, self.objectives)
             self._rows = {r["trial_id"]: r for r in frontier.rows}
             self._pareto = {}  # unknown: the next update writes every complete trial's tag
         return self._rows
@@ -338,7 +285,7 @@ class Tracker:
 
         self.flush()  # epochs of trials still running (an interrupted search)
         self._update_frontier()
-        frontier = load_frontier(self.client, self.experiment_id, self.parent_id, self.objectives)
+        frontier = load_frontier(self.reader, self.experiment_id, self.parent_id, self.objectives)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "trials.csv").write_text(frontier.to_csv())
             (Path(tmp) / "frontier.csv").write_text(frontier.to_csv(only_pareto=True))

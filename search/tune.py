@@ -41,6 +41,7 @@ from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler  # noqa: E402
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
+from ray.tune.stopper import TimeoutStopper  # noqa: E402
 
 from trainables.config import TrialConfig  # noqa: E402
 
@@ -274,6 +275,7 @@ class TrackingCallback(tune.Callback):
         self.quiet = quiet
         self.time_budget_s = time_budget_s
         self.progress_s = progress_s
+        self.search_alg = None  # the search algorithm (set by run_search; not pickled)
         self._fresh_state()
 
     def _fresh_state(self) -> None:
@@ -287,6 +289,7 @@ class TrackingCallback(tune.Callback):
         self._durations: list[float] = []
         self._said: dict[str, float] = {}  # trial_id -> time of its last progress line
         self._epochs: dict[str, int] = {}  # trial_id -> epochs it runs
+        self._settled: set[str] = set()  # trials whose end is recorded (or was, before a restore)
 
     def __getstate__(self) -> dict:
         keep = ("tracker", "total", "concurrency", "quiet", "time_budget_s", "progress_s")
@@ -294,6 +297,7 @@ class TrackingCallback(tune.Callback):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.search_alg = None
         self._fresh_state()
 
     def _say(self, text: str) -> None:
@@ -308,6 +312,7 @@ class TrackingCallback(tune.Callback):
             self._reconciled = True
             for trial in trials:
                 if trial.status in ("TERMINATED", "ERROR"):
+                    self._settled.add(trial.trial_id)
                     if not self._settle(trial, replay=True):
                         self.done += 1  # recorded before the interruption: keep counting from it
 
@@ -315,7 +320,7 @@ class TrackingCallback(tune.Callback):
         self._run(trial)
         self._started[trial.trial_id] = time.monotonic()
         self._said[trial.trial_id] = time.monotonic()
-        running = sum(t.status == "RUNNING" for t in trials)
+        running = sum(t.status == "RUNNING" or t is trial for t in trials)  # Tune marks it RUNNING after this hook
         self._say(f"  start  {_name(trial)}  ({running} running, {self.done}/{self.total} done)")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
@@ -353,6 +358,7 @@ class TrackingCallback(tune.Callback):
         if replay and self.tracker.client.get_run(run).info.status != "RUNNING":
             return False
         result = trial.last_result or {}
+        self._settled.add(trial.trial_id)
         self.done += 1
         if trial.trial_id in self._started:
             self._durations.append(time.monotonic() - self._started.pop(trial.trial_id))
@@ -384,6 +390,21 @@ class TrackingCallback(tune.Callback):
             return ""
         mean = sum(self._durations) / len(self._durations)
         return f" | ETA {_duration(mean * math.ceil(left / self.concurrency))}"
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        """When the time budget runs out, Tune stops the trials still running (or waiting for a
+        worker) without calling any trial hook or telling the searcher
+        (``TuneController._stop_experiment_if_needed``). They are recorded here, in the step that
+        stopped them: stopped (or complete, if their last epoch was in), and told to the searcher
+        as Ray would have, so that the experiment state Tune saves next does not hold them as
+        live: the concurrency limiter of a resumed search would wait for them forever."""
+        if not self._budget_reached():
+            return
+        for trial in trials:
+            if trial.status == "TERMINATED" and trial.trial_id not in self._settled:
+                self._settle(trial)
+                if self.search_alg is not None:
+                    self.search_alg.on_trial_complete(trial.trial_id, result=trial.last_result or {"final": 0.0})
 
     def on_experiment_end(self, trials: list, **info) -> None:
         self.complete = len(trials) >= self.total and all(t.status in ("TERMINATED", "ERROR") for t in trials)
@@ -455,6 +476,27 @@ def _callback_of(tuner: tune.Tuner) -> TrackingCallback:
         if isinstance(cb, TrackingCallback):
             return cb
     raise RuntimeError("the restored search has no sparsetune tracking callback")
+
+
+class _ResumableBudget(TimeoutStopper):
+    """Tune's time budget, started afresh when the search is resumed.
+
+    Tune saves its stopper with the experiment state and restores it with the budget already
+    spent, so with ``TuneConfig(time_budget_s=...)`` a resumed search stops at its first step.
+    This stopper resets its budget when it is unpickled; ``next_budget_s`` (``--resume
+    --time-budget``) replaces it."""
+
+    next_budget_s: float | None = None
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if _ResumableBudget.next_budget_s is not None:
+            self._timeout_seconds = _ResumableBudget.next_budget_s
+        self._budget = self._timeout_seconds
+
+
+def _search_alg_of(tuner: tune.Tuner) -> SearchGenerator:
+    return tuner._local_tuner._tune_config.search_alg
 
 
 def _set_time_budget(tuner: tune.Tuner, seconds: float | None) -> None:
@@ -541,9 +583,11 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
             tuner = tune.Tuner.restore(path, trainable=_trainable(spec), resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
             callback = _callback_of(tuner)
+            callback.search_alg = _search_alg_of(tuner)
             if time_budget_s is not None:
                 _set_time_budget(tuner, time_budget_s)
                 callback.time_budget_s = time_budget_s
+                _ResumableBudget.next_budget_s = time_budget_s
         else:
             tracker = Tracker(uri, spec.name, search_id, list(spec.objectives), spec_yaml, _search_params(spec),
                               compares=_compares(spec), optuna_storage=optuna_url)
@@ -558,6 +602,7 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
                              complete=callback.complete, budget_hit=callback.budget_hit,
                              url=callback.tracker.url, optuna_storage=optuna_url)
     finally:
+        _ResumableBudget.next_budget_s = None
         if started:
             ray.shutdown()
 
@@ -588,12 +633,13 @@ def make_scheduler(spec: SearchSpec):
 def _new_tuner(spec: SearchSpec, storage: str, search_id: str, callback: TrackingCallback, optuna_url: str,
                budget: float | None) -> tune.Tuner:
     searcher = ConcurrencyLimiter(make_searcher(spec, optuna_url, search_id), max_concurrent=spec.concurrency)
+    callback.search_alg = _ResumableGenerator(searcher)
     tune_config = tune.TuneConfig(
-        search_alg=_ResumableGenerator(searcher), scheduler=make_scheduler(spec), num_samples=spec.trials,
-        reuse_actors=True, trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
-        time_budget_s=budget)
+        search_alg=callback.search_alg, scheduler=make_scheduler(spec), num_samples=spec.trials,
+        reuse_actors=True, trial_name_creator=_trial_name, trial_dirname_creator=_trial_name)
     run_config = tune.RunConfig(
         name=search_id, storage_path=storage, callbacks=[callback], verbose=0,
+        stop=_ResumableBudget(budget) if budget else None,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
     return tune.Tuner(_trainable(spec), param_space=dict(spec.base), tune_config=tune_config, run_config=run_config)

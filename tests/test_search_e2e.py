@@ -316,3 +316,60 @@ def test_same_spec_and_seed_give_the_same_search_with_concurrency_1(ray_session,
 
     first, second = trials(tmp_path / "a"), trials(tmp_path / "b")
     assert len(first) == 5 and first == second
+
+
+def test_time_budget_stops_the_search_and_resume_goes_on_with_the_trials_not_started(
+        ray_session, tmp_path, monkeypatch, capsys):
+    """Far more trials than the budget allows: the search stops when the budget is spent and exits
+    0; the trial running then is `stopped` (not failed), the trials not started are no failures
+    (no run, no Optuna trial), the parent records the outcome; `--resume` runs trials not started
+    yet, with a fresh budget, and never runs a recorded trial again."""
+    # the budget must cover starting the trials' worker (torch imports: 30 s on a loaded 2-core
+    # machine); 200 trials cannot finish in it (the driver alone spends > 0.3 s on each)
+    spec_dict = tiny(tmp_path, trials=200, concurrency=1, time_budget_s=60.0)
+    spec_dict["base"]["optim"]["epochs"] = 2
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec_dict))
+    monkeypatch.chdir(tmp_path)
+    progress = re.compile(r"^\[\s*(\d+)/200\] \S+\s+(\w+) ")
+    outcome_tag = re.compile(r"^time budget of 1m00s reached: (\d+) trials not started \(continue with --resume\)$")
+
+    def check_round() -> tuple[dict[str, str], list[tuple[int, str]], str]:
+        out, err = capsys.readouterr()
+        assert "time budget reached; continue it with: " in err and "--resume" in err, err
+        assert "failed" not in err
+        client, [parent], children = mlflow_runs(tmp_path)
+        assert parent.info.status == "KILLED"  # not complete: resumable
+        not_started = int(outcome_tag.match(parent.data.tags[f"{TAG}.outcome"]).group(1))
+        assert not_started == 200 - len(children) > 0
+        assert f"reached: {not_started} trials not started" in parent.data.tags["mlflow.note.content"]
+        states = {c.data.tags[f"{TAG}.trial_id"]: c.data.tags[f"{TAG}.state"] for c in children}
+        assert set(states.values()) <= {"complete", "stopped"} and "complete" in states.values(), (states, out[-3000:])
+        for c in children:
+            if c.data.tags[f"{TAG}.state"] == "stopped":  # the trial the budget interrupted
+                assert c.info.status == "KILLED" and c.data.tags[f"{TAG}.pareto"] == "false"
+                assert int(c.data.tags[f"{TAG}.stopped_at_epoch"]) < 2
+            else:
+                assert c.info.status == "FINISHED"
+        assert len({c.info.run_id for c in children}) == len(states) == len(children)  # no duplicate
+        # Optuna was asked only for the trials that started, and none of them failed
+        import optuna
+
+        study = optuna.load_study(study_name=parent.info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")
+        assert len(study.trials) == len(children)
+        assert {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
+        lines = [(int(m.group(1)), m.group(2)) for m in map(progress.match, out.splitlines()) if m]
+        return states, lines, out
+
+    assert main(["search", str(path)]) == 0
+    first, first_lines, out = check_round()
+    assert [n for n, _ in first_lines] == list(range(1, len(first) + 1))
+    assert "time budget 1m00s" in out
+
+    assert main(["search", str(path), "--resume"]) == 0
+    second, second_lines, out = check_round()
+    assert "resuming search" in out
+    assert len(second) > len(first)
+    assert {t: second[t] for t in first} == first  # recorded trials kept as they were, not run again
+    assert {t for _, t in second_lines} == set(second) - set(first)  # only new trials ran
+    assert [n for n, _ in second_lines] == list(range(len(first) + 1, len(second) + 1))  # the count goes on

@@ -246,17 +246,27 @@ def test_one_hypervolume_with_a_reference_everywhere(tmp_path, monkeypatch, caps
     assert "pareto" in out
 
 
-def test_frontier_and_export_load_neither_torch_nor_ray(tmp_path):
+@pytest.mark.parametrize("command", ["frontier", "export"])
+def test_frontier_and_export_load_neither_torch_nor_ray_nor_mlflow(tmp_path, command):
+    """They start in about a second: a SQLite store is read without MLflow (search/store.py)."""
     tracker = _tracker(tmp_path)
-    _finish(tracker, "a", 0.9, 10.0)
+    run = tracker.run_for("a", "cges_a", "cges", {"regularizer": {"name": "cges"}})
+    tracker.log_result(run, {"epoch": 1, "val_accuracy": 0.9, "params_nonzero": 10.0, "params_total": 100.0})
+    (tmp_path / "art").mkdir()
+    (tmp_path / "art" / "config.yaml").write_text("seed: 3\n")
+    tracker.complete(run, "a", tmp_path / "art")
     tracker.finish()
+    extra = ", '--out', 'exported'" if command == "export" else ""
     code = ("import sys; from search.cli import main; "
-            f"rc = main(['frontier', '--experiment', 'exp', '--tracking-uri', 'sqlite:///{tmp_path}/m.db']); "
-            "heavy = sorted(m for m in ('torch', 'ray', 'trainables', 'optuna') if m in sys.modules); "
-            "print('LOADED', heavy, rc)")
+            f"rc = main(['{command}', '--experiment', 'exp', '--tracking-uri', 'sqlite:///{tmp_path}/m.db'{extra}]); "
+            "heavy = sorted(m for m in ('torch', 'ray', 'trainables', 'optuna', 'mlflow', 'sqlalchemy', 'pandas') "
+            "if m in sys.modules); print('LOADED', heavy, rc)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert "LOADED [] 0" in out.stdout, out.stdout + out.stderr
+    if command == "export":
+        [exported] = (tmp_path / "exported").glob("rank0_cges_a.yaml")
+        assert exported.read_text().endswith("seed: 3\n")
 
 
 def test_frontier_of_a_missing_store_exits_2_without_traceback(tmp_path, monkeypatch, capsys):
@@ -309,4 +319,110 @@ def test_private_ray_attributes_we_rely_on_still_exist():
     reopened.set_state(state)
     assert state["finished"] and not reopened.is_finished()
     assert "_tune_config" in inspect.getsource(TunerInternal.__init__)
+    # Tune stops the trials running when the time budget runs out without a trial hook, and only
+    # then calls the callbacks' on_step_end (search/tune.py: TrackingCallback.on_step_end)
+    from ray.tune.execution.tune_controller import TuneController
+
+    stop = inspect.getsource(TuneController._stop_experiment_if_needed)
+    assert "_schedule_trial_stop" in stop and "on_trial_complete" not in stop
+    step = inspect.getsource(TuneController.step)
+    assert step.index("_stop_experiment_if_needed()") < step.index("_callbacks.on_step_end")
     assert "def get_run_config" in inspect.getsource(TunerInternal)
+
+
+class _Clock:
+    """A fake ``time.monotonic`` for search.tune: progress lines without waiting."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def strftime(self, *args):
+        import time
+
+        return time.strftime(*args)
+
+
+class _Trial:
+    """What TrackingCallback reads of a Ray trial."""
+
+    def __init__(self, trial_id: str, epochs: int, folder: Path):
+        self.trial_id = trial_id
+        self.config = {"data": {"name": "digits"}, "model": {"name": "mlp", "hidden": [8]},
+                       "optim": {"epochs": epochs}, "regularizer": {"name": "cges"}}
+        self.status, self.last_result, self.folder = "RUNNING", None, folder
+
+    def __str__(self) -> str:
+        return f"cges_{self.trial_id}"
+
+    @property
+    def checkpoint(self):
+        from contextlib import contextmanager
+
+        folder = self.folder
+
+        class _Checkpoint:
+            @contextmanager
+            def as_directory(self):
+                yield str(folder)
+
+        return _Checkpoint()
+
+
+def test_progress_lines_start_every_30s_at_most_and_eta(tmp_path, monkeypatch, capsys):
+    """One start line per trial; while a trial runs, a line (epoch k/N, val acc) at most every
+    30 s, and at the first epoch that ends 30 s or more after the last line; on each finished
+    trial's line an ETA from the finished trials' durations, none on the last."""
+    import re
+
+    import search.tune as tune_module
+
+    clock = _Clock()
+    monkeypatch.setattr(tune_module, "time", clock)
+    objectives = [*OBJECTIVES, Objective(metric="flops_compact", mode="min")]
+    tracker = Tracker(f"sqlite:///{tmp_path}/m.db", "exp", "exp-1", objectives, "name: exp\n", {"trials": 3})
+    callback = tune_module.TrackingCallback(tracker, total=3, concurrency=1)
+    said: list[tuple[float, str]] = []  # (fake time, line)
+
+    def heard():
+        said.extend((clock.now, line) for line in capsys.readouterr().out.splitlines())
+
+    # (trial, epochs, seconds per epoch): short epochs, epochs longer than 30 s, one quick trial
+    plan = [("A", 20, 7.0), ("B", 4, 45.0), ("C", 1, 3.0)]
+    for trial_id, epochs, seconds in plan:
+        trial = _Trial(trial_id, epochs, tmp_path)
+        callback.on_trial_start(0, [trial], trial)
+        heard()
+        for epoch in range(1, epochs + 1):
+            clock.now += seconds
+            final = epoch == epochs
+            result = {"epoch": epoch, "final": float(final), "val_accuracy": 0.5 + epoch / 100,
+                      **({"params_nonzero": 10.0 * epoch, "params_total": 1000.0, "flops_compact": 20.0,
+                          "flops_dense": 100.0} if final else {})}
+            callback.on_trial_result(0, [trial], trial, result)
+            heard()
+        trial.status, trial.last_result = "TERMINATED", result
+        callback.on_trial_complete(0, [trial], trial)
+        heard()
+
+    lines = [line for _, line in said]
+    starts = [line for line in lines if line.lstrip().startswith("start")]
+    assert starts == ["  start  cges             A  (1 running, 0/3 done)",
+                      "  start  cges             B  (1 running, 1/3 done)",
+                      "  start  cges             C  (1 running, 2/3 done)"]
+    progress = re.compile(r"^  \.\.\.    cges\s+(\w)  epoch (\d+)/(\d+)  val acc (0\.\d{3})  \((\S+)\)$")
+    seen = [(t, progress.match(line).groups()) for t, line in said if progress.match(line)]
+    assert [(g[0], int(g[1]), int(g[2])) for _, g in seen] == [
+        ("A", 5, 20), ("A", 10, 20), ("A", 15, 20), ("B", 1, 4), ("B", 2, 4), ("B", 3, 4)]
+    assert [g[4] for _, g in seen] == ["35s", "1m10s", "1m45s", "45s", "1m30s", "2m15s"]
+    assert seen[0][1][3] == "0.550"  # the validation accuracy of the epoch it reports
+    for (t0, g0), (t1, g1) in zip(seen, seen[1:]):
+        if g0[0] == g1[0]:
+            assert t1 - t0 >= 30.0  # never more often than every 30 s
+    finished = [line for line in lines if line.startswith("[")]
+    assert len(finished) == 3
+    assert finished[0].startswith("[  1/3] cges             A ") and finished[0].endswith("| ETA 4m40s")  # 2 × 140 s
+    assert finished[1].endswith("| ETA 2m40s")  # mean of 140 s and 180 s, 1 left
+    assert "ETA" not in finished[2]
