@@ -26,7 +26,7 @@ examples:
   sparsetune search examples/quickstart.yaml
   sparsetune search examples/quickstart.yaml --resume            # continue the latest interrupted run
   ray job submit --address http://HEAD:8265 --working-dir . -- \\
-      sparsetune search examples/mnist10k_families.yaml --address auto
+      sparsetune search examples/search/lenet_cges.yaml --address auto
 """
 
 _FRONTIER_HELP = "Print the Pareto frontier of a search (the latest of EXPERIMENT unless --search-id)."
