@@ -165,7 +165,7 @@ def test_python_source_problems_name_the_factory(factory_file, tmp_path):
     assert "data.factory: calling it raised RuntimeError: no data here" in err(f"{f}:fails")
     assert "data.factory: is not callable (a int)" in err(f"{f}:NOT_CALLABLE")
     assert "has no attribute 'nope'" in err(f"{f}:nope")
-    assert "cannot import module 'no_such_module_xyz'" in err("no_such_module_xyz:make")
+    assert "no module named 'no_such_module_xyz'" in err("no_such_module_xyz:make")
     assert "no such file" in err(f"{tmp_path / 'missing.py'}:make")
     with pytest.raises(ConfigError, match=r"data\.factory: expected 'module:attribute'"):
         _cfg(name="python", factory="just_a_module")

@@ -50,26 +50,37 @@ def factory_spec(value: str) -> str:
 
 def import_object(spec: str) -> Any:
     """The object ``spec`` names. Raises ``ImportError`` / ``AttributeError`` with a message that
-    says what was looked for (callers turn it into a ``ConfigError`` naming their field)."""
+    says what was looked for and where (callers turn it into a ``ConfigError`` naming their field):
+    the module missing, the module failing while it is imported, or an attribute missing."""
     module_name, attribute = _parts(spec)
     if _is_file(module_name):
         module = _load_file(Path(module_name))
     else:
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
+        cwd = os.getcwd()
+        if cwd not in sys.path:
+            sys.path.insert(0, cwd)
         importlib.invalidate_caches()  # a module written after this process started
         try:
             module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise ImportError(f"cannot import module {module_name!r} ({e}); it must be importable "
-                              f"where training runs (current directory, PYTHONPATH), or name the file: "
-                              f"path/to/{module_name.split('.')[-1]}.py:{attribute}") from None
+        except ModuleNotFoundError as e:
+            if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
+                where = [cwd] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+                raise ImportError(f"no module named {e.name!r} (looked in the current directory and "
+                                  f"PYTHONPATH: {', '.join(dict.fromkeys(where))}); it must be importable "
+                                  f"where training runs, or name the file: "
+                                  f"path/to/{module_name.split('.')[-1]}.py:{attribute}") from None
+            raise ImportError(f"importing {module_name!r} failed: {e}") from None
+        except Exception as e:  # noqa: BLE001 - the user's module failed while importing
+            raise ImportError(f"importing {module_name!r} failed: {type(e).__name__}: {e}") from None
     obj: Any = module
-    for part in attribute.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise AttributeError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    parts = attribute.split(".")
+    for i, part in enumerate(parts):
+        if not hasattr(obj, part):
+            owner = module_name + "".join("." + p for p in parts[:i])
+            where = getattr(module, "__file__", None)
+            raise AttributeError(f"{owner!r} has no attribute {part!r}"
+                                 + (f" ({where})" if where and i == 0 else ""))
+        obj = getattr(obj, part)
     return obj
 
 

@@ -10,11 +10,8 @@ exit status 2 before any work starts. Nothing here downloads: named weights (tor
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import os
 import re
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,6 +23,7 @@ from torch import nn
 from ..configbase import ConfigError, _absolute_path, _FieldError
 from ..data import DataSpec
 from ..families import ModelConfig
+from ..imports import import_object
 
 __all__ = ["SourceConfig", "DATA_ARGS", "call_builder", "import_factory", "load_state_dict",
            "load_weights_into", "is_weights_name", "weights_field", "WEIGHTS_NAME"]
@@ -115,34 +113,13 @@ def call_builder(builder: Callable[..., Any], kwargs: Mapping[str, Any], spec: D
 
 
 def import_factory(factory: str, field: str = "model.factory") -> Callable[..., Any]:
-    """The callable named by ``module:attribute`` (the attribute may be dotted: ``pkg.mod:Net.build``).
-
-    The module is imported from the current directory or ``PYTHONPATH`` (the current directory is
-    put on ``sys.path`` first, as ``python -m`` does)."""
-    module_name, _, attr = factory.partition(":")
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    importlib.invalidate_caches()  # a module written after this process started
+    """The callable named by ``module:attribute`` (the attribute may be dotted: ``pkg.mod:Net.build``),
+    imported by :func:`trainables.imports.import_object` (the current directory or ``PYTHONPATH``),
+    or a ``ConfigError`` naming ``field``."""
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
-            where = [cwd] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-            raise ConfigError([(field, f"no module named {e.name!r} (looked in the current directory "
-                                       f"and PYTHONPATH: {', '.join(dict.fromkeys(where))})", factory)]) from None
-        raise ConfigError([(field, f"importing {module_name!r} failed: {e}", factory)]) from None
-    except Exception as e:  # noqa: BLE001 - the user's module failed while importing
-        raise ConfigError([(field, f"importing {module_name!r} failed: {type(e).__name__}: {e}",
-                            factory)]) from None
-    target: Any = module
-    for i, part in enumerate(attr.split(".")):
-        if not hasattr(target, part):
-            owner = module_name + "".join("." + p for p in attr.split(".")[:i])
-            where = getattr(module, "__file__", None)
-            raise ConfigError([(field, f"{owner!r} has no attribute {part!r}"
-                                       + (f" ({where})" if where and i == 0 else ""), factory)])
-        target = getattr(target, part)
+        target = import_object(factory)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError([(field, str(e), factory)]) from None
     if not callable(target):
         raise ConfigError([(field, f"{factory!r} is a {type(target).__name__}, not a function or "
                                    "nn.Module class", factory)])
