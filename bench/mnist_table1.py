@@ -21,6 +21,8 @@ comparable one-to-one with the paper's full 60k/10k MNIST.
     python bench/mnist_table1.py --full                # 64 trials, 40+10 epochs, papers' 300+100
     python bench/mnist_table1.py --full --paper-only --paper-lambda-scale 0.1326
                                                        # the paper settings alone, strengths scaled
+    python bench/mnist_table1.py --rows-from bench/results/mnist_table1.json --out new.json
+                                                       # the table's rows again, with today's code
 
 The paper settings apply the prox once per *epoch*, so their strengths are calibrated to the
 official run's 430 steps per epoch (55,000 / 128); MNIST-10k has 57 (7,200 / 128), so the same
@@ -128,6 +130,9 @@ def train_seeds(cfg_dict: dict, seeds: list[int]) -> dict:
         vals = [float(m[key]) for m in metrics]
         out[key] = (statistics.mean(vals), statistics.pstdev(vals))
     out["instability"] = instability(kept)
+    # layers whose affinity propagation converged, of those tied, per seed
+    out["tying_converged"] = " ".join(f"{m['tying_converged_layers']:.0f}/{m['tying_layers']:.0f}" for m in metrics
+                                      if "tying_layers" in m) or "-"
     out["kept_inputs"] = statistics.mean(len(k) for k in kept)
     return out
 
@@ -157,6 +162,9 @@ def main() -> None:
     parser.add_argument("--paper-only", action="store_true",
                         help="only the paper settings (no search, no table, no figures)")
     parser.add_argument("--tolerance", type=float, default=0.005, help="accuracy tolerance of the pick (0.5 pt)")
+    parser.add_argument("--rows-from", type=Path, default=None, metavar="JSON",
+                        help="re-train the table rows recorded in an earlier result (their exact configs, "
+                             "today's code and defaults: no search, no paper settings)")
     parser.add_argument("--reuse-search", action="store_true",
                         help="use the latest finished search in --work-dir instead of running it again")
     args = parser.parse_args()
@@ -175,6 +183,14 @@ def main() -> None:
     start = time.perf_counter()
 
     table, details = [], {}
+    if args.rows_from:
+        table, details = rerun_rows(args, start)
+        print()
+        print(markdown_table(TABLE_HEADER + ["before: sharing", "before: sparsity"], table))
+        print(f"total {time.perf_counter() - start:.0f} s")
+        payload.update(header=header, details=details, rows_from=str(args.rows_from))
+        write_json(args.out, payload)
+        return
     if not args.paper_only:
         spec, outcome = run_the_search(args, args.work_dir)
         summary = search_summary(outcome.frontier)
@@ -224,8 +240,7 @@ def main() -> None:
             fig_dir / name, dpi=130, bbox_inches="tight")
 
     print()
-    print(markdown_table(["regularizer", "sparsity", "param. sharing", "compression", "test accuracy",
-                          "changed indices", "kept inputs", "config"], table))
+    print(markdown_table(TABLE_HEADER, table))
     print()
     print(markdown_table(paper_header, paper_table))
     rows = outcome.frontier.rows
@@ -282,6 +297,32 @@ def search_summary(frontier) -> dict:
 
 
 STRENGTHS = ("lam", "mu", "lambda1", "lambda2")
+TABLE_HEADER = ["regularizer", "sparsity", "param. sharing", "compression", "test accuracy", "changed indices",
+                "kept inputs", "tying converged", "config"]
+
+
+def table_row(label: str, stats: dict, source: str) -> list:
+    return [label, fmt(stats["sparsity"], pct=True), fmt(stats["param_sharing"]), fmt(stats["compression_rate"]),
+            fmt(stats["test_accuracy"], pct=True), f"{100 * stats['instability']:.2f}%", f"{stats['kept_inputs']:.0f}",
+            stats.get("tying_converged", "-"), source]
+
+
+def rerun_rows(args, start: float) -> tuple[list, dict]:
+    """The rows an earlier run recorded (``details``: label -> exact config), trained again with
+    each seed by today's code; the earlier figures beside them."""
+    import json
+
+    old = json.loads(args.rows_from.read_text())["details"]
+    table, details = [], {}
+    for label, row in old.items():
+        cfg = {**row["config"], "data": data_section(args.data_dir), "seed": 0}
+        stats = train_seeds(cfg, args.seeds)
+        details[label] = {"config": cfg, "source": row["source"], "stats": stats,
+                          "before": {k: row["stats"][k] for k in ("sparsity", "param_sharing", "test_accuracy")}}
+        table.append(table_row(label, stats, row["source"]) + [fmt(tuple(row["stats"]["param_sharing"])),
+                                                               fmt(tuple(row["stats"]["sparsity"]), pct=True)])
+        print(f"  {label}: done ({time.perf_counter() - start:.0f} s)", flush=True)
+    return table, details
 
 
 def table_rows(args, spec, outcome, start: float) -> tuple[list, dict]:
@@ -302,9 +343,7 @@ def table_rows(args, spec, outcome, start: float) -> tuple[list, dict]:
         cfg["seed"] = 0
         stats = train_seeds(cfg, args.seeds)
         details[label] = {"config": cfg, "source": source, "stats": stats}
-        table.append([label, fmt(stats["sparsity"], pct=True), fmt(stats["param_sharing"]),
-                      fmt(stats["compression_rate"]), fmt(stats["test_accuracy"], pct=True),
-                      f"{100 * stats['instability']:.2f}%", f"{stats['kept_inputs']:.0f}", source])
+        table.append(table_row(label, stats, source))
         print(f"  {label}: done ({time.perf_counter() - start:.0f} s)", flush=True)
 
     return table, details

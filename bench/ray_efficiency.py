@@ -18,6 +18,7 @@ inside the trials over the same epochs in-process.
 
     python bench/ray_efficiency.py                    # about 4 minutes on 2 cores
     python bench/ray_efficiency.py --only lenet --out ray_eff.json
+    python bench/ray_efficiency.py --only mlp --epochs 30          # MLP trials of ~13 s, like the LeNet ones
 """
 
 from __future__ import annotations
@@ -99,10 +100,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, metavar="results.json", help="also write the results as JSON")
     parser.add_argument("--data-dir", default=DATA_DIR, help=f"MNIST IDX folder (default {DATA_DIR})")
     parser.add_argument("--only", choices=list(KINDS), nargs="+", default=list(KINDS))
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs per trial for the kinds run (default: LeNet 3, MLP 6); longer trials "
+                             "spread the search's fixed cost (MLflow store, first worker, plots) thinner")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--fit-threads", type=int, default=None,
                         help="torch threads of the sequential fits (default: every core)")
     args = parser.parse_args(argv)
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise SystemExit(f"--epochs must be >= 1, got {args.epochs}")
+        for kind in args.only:
+            KINDS[kind]["optim"] = {**KINDS[kind]["optim"], "epochs": args.epochs}
     if not Path(args.data_dir).is_dir():
         raise SystemExit(f"--data-dir: {args.data_dir} is not a folder of MNIST IDX files")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -178,7 +178,7 @@ def prox_call(cfg: TrialConfig, repeats: int, device: torch.device) -> float | N
     lr = cfg.optim.lr
 
     def step():
-        trainer._prox(lr)
+        trainer._prox(lr, 0)
         trainer._apply_masks()
 
     return timeit(step, repeats=max(repeats, 5), warmup=1, device=device).median
@@ -187,7 +187,9 @@ def prox_call(cfg: TrialConfig, repeats: int, device: torch.device) -> float | N
 def bench_training(args, device) -> tuple[list[dict], dict[Any, Any]]:
     """Per model: an untimed warm-up fit, then ``none``, every regularizer, and ``none`` again
     (the baseline is the median over both ``none`` runs, so a drift of the machine's speed during
-    the sweep shows up in the baseline rather than in one regularizer)."""
+    the sweep shows up in the baseline rather than in one regularizer). With ``--rounds R`` the
+    sweep runs R times in turn and each figure is the median over the timed epochs of all rounds,
+    so the configs share the machine's slow and fast spells instead of each meeting one."""
     rows, results = [], {}
     for model in args.models:
         repeats = model_repeats(args, model)
@@ -195,7 +197,7 @@ def bench_training(args, device) -> tuple[list[dict], dict[Any, Any]]:
         plan = [(name, reg, tying, pe) for name, reg, tying in REGULARIZERS if name in args.regularizers
                 for pe in (["step", "epoch"] if name != "none" else [None])]
         plan.append(plan[0])  # none again, last
-        for i, (name, reg, tying, prox_every) in enumerate(plan):
+        for i, (name, reg, tying, prox_every) in [(i, step) for _ in range(args.rounds) for i, step in enumerate(plan)]:
             cfg = make_config(args, model, reg, tying, prox_every, device, 1 + repeats)
             r, result = run_one(cfg)
             results.setdefault((model, name, prox_every), result)
@@ -210,6 +212,28 @@ def bench_training(args, device) -> tuple[list[dict], dict[Any, Any]]:
                   + (f"  prox call {fmt_time(r['prox_call'])}" if r.get("prox_call") else ""),
                   file=sys.stderr, flush=True)
     return rows, results
+
+
+def merge_rounds(rows: list[dict]) -> list[dict]:
+    """One row per (model, regularizer, prox_every, run) over the rounds: the timed epochs of all
+    rounds pooled (``epoch_time`` their median), the other figures the median of the rounds'."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["regularizer"], r["prox_every"], r["run"]), []).append(r)
+    out = []
+    for rs in groups.values():
+        if len(rs) == 1:
+            out.append(rs[0])
+            continue
+        m = dict(rs[0], rounds=len(rs))
+        m["epoch_times"] = [rs[0]["epoch_times"][0]] + [t for r in rs for t in r["epoch_times"][1:1 + r["repeats"]]]
+        m["epoch_time"] = statistics.median(m["epoch_times"][1:])  # the training epochs (retraining apart)
+        for key in ("prox_call", "epoch_metrics", "setup", "finalize", "total", "retrain_epoch"):
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            if vals:
+                m[key] = statistics.median(vals)
+        out.append(m)
+    return out
 
 
 def baseline(rows: list[dict], model: str) -> float:
@@ -381,6 +405,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--regularizers", nargs="+", default=[r[0] for r in REGULARIZERS],
                         choices=[r[0] for r in REGULARIZERS])
     parser.add_argument("--skip-pieces", action="store_true", help="skip the metrics/data section")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the sweep this many times in turn and pool the epochs (default 1)")
     args = parser.parse_args(argv)
     if "none" not in args.regularizers:
         args.regularizers = ["none", *args.regularizers]  # the baseline of every ratio
@@ -400,6 +426,8 @@ def main(argv: list[str] | None = None) -> dict:
         n_train[m] = len(d.train)
     payload["n_train"] = n_train
     rows, results = bench_training(args, device)
+    payload["training_rounds"] = rows
+    rows = merge_rounds(rows)
     payload["training"] = rows
     none_epoch = {m: baseline(rows, m) for m in args.models}
     payload["none_epoch"] = none_epoch

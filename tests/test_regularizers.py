@@ -185,3 +185,39 @@ def test_config_fills_paper_defaults_per_family():
     growl = RegularizerConfig.model_validate({"name": "growl"})
     assert growl.groups == "input" and growl.prox_every == "epoch" and growl.mask_pruned is True
     assert "lam" not in type(growl).model_fields and "mu" not in type(growl).model_fields
+
+
+@pytest.mark.parametrize("name,kwargs", [("group_lasso", {"lam": 0.5}),
+                                         ("growl", {"p": 0.5, "lambda1": 0.2, "lambda2": 0.1})])
+def test_relative_scale_is_the_absolute_prox_at_the_layers_rms_row_norm_and_scale_equivariant(name, kwargs):
+    """``scale: relative`` multiplies the strengths by ||W||_F / sqrt(rows) at each step: the same
+    result as the absolute prox at those strengths, and prox(cW) = c prox(W), so which rows die
+    does not depend on the layer's overall scale (it does for the absolute prox)."""
+    cls = get_regularizer(name)
+    rel, ab = cls(**kwargs, scale="relative"), cls(**kwargs)
+    W = _matrix(4)
+    rms = (W.pow(2).sum() / W.shape[0]).sqrt().item()
+    scaled = {k: v * rms if k in ("lam", "lambda1", "lambda2") else v for k, v in kwargs.items()}
+    torch.testing.assert_close(rel.prox(W, 0.7), cls(**scaled).prox(W, 0.7))
+    torch.testing.assert_close(rel.penalty(W), cls(**scaled).penalty(W))
+    for c in (0.05, 20.0):
+        torch.testing.assert_close(rel.prox(c * W, 0.7), c * rel.prox(W, 0.7))
+    dead = lambda X: set((X.norm(dim=1) == 0).nonzero().flatten().tolist())  # noqa: E731
+    base = dead(rel.prox(W, 0.7))
+    assert {3} < base < set(range(W.shape[0]))  # the zero row and some (not all) others
+    assert dead(rel.prox(0.05 * W, 0.7)) == dead(rel.prox(20 * W, 0.7)) == base
+    # the absolute prox kills every row of the shrunk layer and none but the zero one of the grown
+    assert dead(ab.prox(0.05 * W, 0.7)) == set(range(W.shape[0])) and dead(ab.prox(20 * W, 0.7)) == {3}
+
+
+def test_relative_scale_reaches_the_layer_regularizer_from_the_config():
+    from trainables.config import TrialConfig
+    from trainables.regularizers import build_layer_regularizers
+
+    cfg = TrialConfig.from_dict({"data": {"name": "digits"}, "regularizer": {"name": "growl", "scale": "relative"}})
+    assert cfg.to_dict()["regularizer"]["scale"] == "relative"
+    model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    [layer] = build_layer_regularizers(cfg.regularizer, model)
+    assert layer.regularizer.scale == "relative"
+    with pytest.raises(ConfigError, match="regularizer.*scale"):
+        TrialConfig.from_dict({"data": {"name": "digits"}, "regularizer": {"name": "group_lasso", "scale": "rel"}})

@@ -336,7 +336,7 @@ def test_time_budget_stops_the_search_and_resume_goes_on_with_the_trials_not_sta
 
     def check_round() -> tuple[dict[str, str], list[tuple[int, str]], str]:
         out, err = capsys.readouterr()
-        assert "time budget reached; continue it with: " in err and "--resume" in err, err
+        assert "time budget reached; continue it with: " in err and "--resume" in err, (err, out[-4000:])
         assert "failed" not in err
         client, [parent], children = mlflow_runs(tmp_path)
         assert parent.info.status == "KILLED"  # not complete: resumable

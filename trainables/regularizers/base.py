@@ -35,6 +35,8 @@ __all__ = [
     "build_layer_regularizers",
     "LamConfig",
     "mask_pruned",
+    "row_scale",
+    "rms_row_norm",
     "scheduled_params",
 ]
 
@@ -125,6 +127,20 @@ def scheduled_params(cfg: RegularizerConfig | type[RegularizerConfig]) -> tuple[
 def mask_pruned(default: bool) -> Any:
     """The ``mask_pruned`` field of a sparsifying family, with that family's default."""
     return Field(default, description="keep groups that reached zero at zero for the rest of training")
+
+
+def row_scale() -> Any:
+    """The ``scale`` field of a row-group penalty (group lasso, GrOWL)."""
+    return Field("absolute", description=(
+        "`absolute` (the papers'): strengths are thresholds on row norms. `relative`: they are "
+        "multiplied at each prox by the layer's RMS row norm (||W||_F / sqrt(rows)), so a row is pruned "
+        "when small relative to the layer (prox(cW) = c prox(W)); for a layer followed by BatchNorm, "
+        "which absolute thresholds shrink until it collapses"))
+
+
+def rms_row_norm(W: torch.Tensor) -> torch.Tensor:
+    """``||W||_F / sqrt(rows)`` of a group matrix (0-d tensor): the scale of a ``relative`` penalty."""
+    return torch.linalg.vector_norm(W) / math.sqrt(max(W.shape[0], 1))
 
 
 class LamConfig(RegularizerConfig):

@@ -8,7 +8,7 @@ import torch
 
 from ..configbase import Schedule
 from ..prox import prox_group_lasso
-from .base import LamConfig, Regularizer, mask_pruned, register
+from .base import LamConfig, Regularizer, mask_pruned, register, rms_row_norm, row_scale
 
 __all__ = ["GroupLasso", "GroupLassoConfig"]
 
@@ -20,6 +20,7 @@ class GroupLassoConfig(LamConfig):
     prox_every: Literal["step", "epoch"] = "epoch"
     lam: Schedule = 0.1
     mask_pruned: bool = mask_pruned(True)
+    scale: Literal["absolute", "relative"] = row_scale()
 
 
 @register
@@ -29,13 +30,16 @@ class GroupLasso(Regularizer):
 
     name = "group_lasso"
     config = GroupLassoConfig
-    params = ("lam",)
+    params = ("lam", "scale")
 
-    def __init__(self, lam: float):
-        self.lam = lam
+    def __init__(self, lam: float, scale: str = "absolute"):
+        self.lam, self.scale = lam, scale
+
+    def _lam(self, W: torch.Tensor) -> float:
+        return self.lam * float(rms_row_norm(W)) if self.scale == "relative" else self.lam
 
     def penalty(self, W: torch.Tensor) -> torch.Tensor:
-        return self.lam * torch.linalg.vector_norm(W, dim=1).sum()
+        return self._lam(W.detach()) * torch.linalg.vector_norm(W, dim=1).sum()
 
     def prox(self, W: torch.Tensor, step: float) -> torch.Tensor:
-        return prox_group_lasso(W, step * self.lam)
+        return prox_group_lasso(W, step * self._lam(W))

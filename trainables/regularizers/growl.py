@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from ..configbase import Schedule, _check_schedule, _finite
 from ..families import LAYER_SELECTIONS, RegularizerConfig
 from ..prox import _growl_prox_unchecked, growl_weights
-from .base import Regularizer, growl_rank, mask_pruned, register
+from .base import Regularizer, growl_rank, mask_pruned, register, rms_row_norm, row_scale
 
 __all__ = ["GrOWL", "GrOWLConfig"]
 
@@ -33,6 +33,7 @@ class GrOWLConfig(RegularizerConfig):
     lambda1: Schedule = Field(0.1, description="the constant part of the weights (the group-lasso term)")
     lambda2: Schedule = Field(1e-3, description="the slope of the decreasing weights (the tying term)")
     mask_pruned: bool = mask_pruned(True)
+    scale: Literal["absolute", "relative"] = row_scale()
 
     @model_validator(mode="after")
     def _check(self) -> GrOWLConfig:
@@ -46,10 +47,10 @@ class GrOWLConfig(RegularizerConfig):
 class GrOWL(Regularizer):
     name = "growl"
     config = GrOWLConfig
-    params = ("p", "lambda1", "lambda2")
+    params = ("p", "lambda1", "lambda2", "scale")
 
-    def __init__(self, p: float, lambda1: float, lambda2: float):
-        self.p, self.lambda1, self.lambda2 = p, lambda1, lambda2
+    def __init__(self, p: float, lambda1: float, lambda2: float, scale: str = "absolute"):
+        self.p, self.lambda1, self.lambda2, self.scale = p, lambda1, lambda2, scale
         self._cache: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
 
     def weights(self, n: int, dtype: torch.dtype = torch.float64,
@@ -61,10 +62,13 @@ class GrOWL(Regularizer):
                                              dtype=dtype, device=device)
         return self._cache[key]
 
+    def _scale(self, W: torch.Tensor) -> float:
+        return float(rms_row_norm(W.detach())) if self.scale == "relative" else 1.0
+
     def penalty(self, W: torch.Tensor) -> torch.Tensor:
         norms = torch.sort(torch.linalg.vector_norm(W, dim=1), descending=True).values
-        return (self.weights(W.shape[0], W.dtype, W.device) * norms).sum()
+        return self._scale(W) * (self.weights(W.shape[0], W.dtype, W.device) * norms).sum()
 
     def prox(self, W: torch.Tensor, step: float) -> torch.Tensor:
         # the weights were validated when built (growl_weights), so skip prox_growl's checks
-        return _growl_prox_unchecked(W, step * self.weights(W.shape[0], W.dtype, W.device))
+        return _growl_prox_unchecked(W, step * self._scale(W) * self.weights(W.shape[0], W.dtype, W.device))
