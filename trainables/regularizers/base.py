@@ -36,7 +36,7 @@ __all__ = [
     "LamConfig",
     "mask_pruned",
     "row_scale",
-    "rms_row_norm",
+    "scale_factor",
     "scheduled_params",
 ]
 
@@ -138,9 +138,12 @@ def row_scale() -> Any:
         "which absolute thresholds shrink until it collapses"))
 
 
-def rms_row_norm(W: torch.Tensor) -> torch.Tensor:
-    """``||W||_F / sqrt(rows)`` of a group matrix (0-d tensor): the scale of a ``relative`` penalty."""
-    return torch.linalg.vector_norm(W) / math.sqrt(max(W.shape[0], 1))
+def scale_factor(W: torch.Tensor, scale: str) -> float:
+    """What a row-group penalty's strengths are multiplied by for the group matrix ``W``: 1 for
+    ``absolute``, ``||W||_F / sqrt(rows)`` (the RMS row norm, a constant of the step) for ``relative``."""
+    if scale != "relative":
+        return 1.0
+    return float(torch.linalg.vector_norm(W.detach())) / math.sqrt(max(W.shape[0], 1))
 
 
 class LamConfig(RegularizerConfig):

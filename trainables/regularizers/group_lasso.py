@@ -8,7 +8,7 @@ import torch
 
 from ..configbase import Schedule
 from ..prox import prox_group_lasso
-from .base import LamConfig, Regularizer, mask_pruned, register, rms_row_norm, row_scale
+from .base import LamConfig, Regularizer, mask_pruned, register, row_scale, scale_factor
 
 __all__ = ["GroupLasso", "GroupLassoConfig"]
 
@@ -35,11 +35,8 @@ class GroupLasso(Regularizer):
     def __init__(self, lam: float, scale: str = "absolute"):
         self.lam, self.scale = lam, scale
 
-    def _lam(self, W: torch.Tensor) -> float:
-        return self.lam * float(rms_row_norm(W)) if self.scale == "relative" else self.lam
-
     def penalty(self, W: torch.Tensor) -> torch.Tensor:
-        return self._lam(W.detach()) * torch.linalg.vector_norm(W, dim=1).sum()
+        return self.lam * scale_factor(W, self.scale) * torch.linalg.vector_norm(W, dim=1).sum()
 
     def prox(self, W: torch.Tensor, step: float) -> torch.Tensor:
-        return prox_group_lasso(W, step * self._lam(W))
+        return prox_group_lasso(W, step * self.lam * scale_factor(W, self.scale))

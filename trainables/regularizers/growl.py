@@ -16,7 +16,7 @@ from pydantic import Field, model_validator
 from ..configbase import Schedule, _check_schedule, _finite
 from ..families import LAYER_SELECTIONS, RegularizerConfig
 from ..prox import _growl_prox_unchecked, growl_weights
-from .base import Regularizer, growl_rank, mask_pruned, register, rms_row_norm, row_scale
+from .base import Regularizer, growl_rank, mask_pruned, register, row_scale, scale_factor
 
 __all__ = ["GrOWL", "GrOWLConfig"]
 
@@ -62,13 +62,10 @@ class GrOWL(Regularizer):
                                              dtype=dtype, device=device)
         return self._cache[key]
 
-    def _scale(self, W: torch.Tensor) -> float:
-        return float(rms_row_norm(W.detach())) if self.scale == "relative" else 1.0
-
     def penalty(self, W: torch.Tensor) -> torch.Tensor:
         norms = torch.sort(torch.linalg.vector_norm(W, dim=1), descending=True).values
-        return self._scale(W) * (self.weights(W.shape[0], W.dtype, W.device) * norms).sum()
+        return scale_factor(W, self.scale) * (self.weights(W.shape[0], W.dtype, W.device) * norms).sum()
 
     def prox(self, W: torch.Tensor, step: float) -> torch.Tensor:
         # the weights were validated when built (growl_weights), so skip prox_growl's checks
-        return _growl_prox_unchecked(W, step * self._scale(W) * self.weights(W.shape[0], W.dtype, W.device))
+        return _growl_prox_unchecked(W, step * scale_factor(W, self.scale) * self.weights(W.shape[0], W.dtype, W.device))
