@@ -28,9 +28,8 @@ from pathlib import Path
 from common import ROOT, add_common_args, base_payload, markdown_table, print_header, write_json
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
-
 from trainables import TrialConfig, fit  # noqa: E402
+from trainables.yamlio import load_yaml  # noqa: E402
 
 # 12 strengths, x1.5 apart, per (prox_every, scale): each spans no pruning to collapse (pilot runs)
 GRID = {("epoch", "absolute"): [0.3 * 1.5 ** k for k in range(12)],  # 0.3 .. 26
@@ -40,7 +39,7 @@ GRID = {("epoch", "absolute"): [0.3 * 1.5 ** k for k in range(12)],  # 0.3 .. 26
 
 
 def base_config(data_dir: Path, epochs: int, tying: bool) -> dict:
-    spec = yaml.safe_load((ROOT / "bench/specs/mnist10k_families.yaml").read_text())
+    spec = load_yaml(ROOT / "bench/specs/mnist10k_families.yaml")
     cfg = spec["base"]
     cfg["data"]["path"] = str(data_dir)
     cfg["optim"]["epochs"] = epochs

@@ -31,6 +31,7 @@ from moasha_vs_fifo import trial_log  # noqa: E402
 from search.plots import frontier_figure  # noqa: E402
 from search.spec import SearchSpec, validate_spec  # noqa: E402
 from search.tune import run_search  # noqa: E402
+from trainables.yamlio import load_yaml  # noqa: E402
 
 SPEC = ROOT / "bench/specs/mnist10k_baselines.yaml"
 
@@ -59,7 +60,7 @@ def main() -> None:
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="mnist-baselines-"))
     work.mkdir(parents=True, exist_ok=True)
-    spec_dict = yaml.safe_load(SPEC.read_text())
+    spec_dict = load_yaml(SPEC)  # YAML 1.2 numbers (1e-4), as `sparsetune search` reads specs
     spec_dict["base"]["data"]["path"] = str(args.data_dir)
     spec_dict.update(storage=str(work / "ray"), tracking_uri=f"sqlite:///{work}/mlflow.db")
     if args.trials:

@@ -164,7 +164,10 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.005, help="accuracy tolerance of the pick (0.5 pt)")
     parser.add_argument("--rows-from", type=Path, default=None, metavar="JSON",
                         help="re-train the table rows recorded in an earlier result (their exact configs, "
-                             "today's code and defaults: no search, no paper settings)")
+                             "except tying.damping, which takes today's default unless --keep-damping; "
+                             "no search, no paper settings)")
+    parser.add_argument("--keep-damping", action="store_true",
+                        help="with --rows-from: keep the recorded tying.damping (0.5 before the tying fix)")
     parser.add_argument("--reuse-search", action="store_true",
                         help="use the latest finished search in --work-dir instead of running it again")
     args = parser.parse_args()
@@ -316,6 +319,8 @@ def rerun_rows(args, start: float) -> tuple[list, dict]:
     table, details = [], {}
     for label, row in old.items():
         cfg = {**row["config"], "data": data_section(args.data_dir), "seed": 0}
+        if not args.keep_damping:  # configs recorded before the tying fix name damping 0.5 explicitly
+            cfg["tying"] = {k: v for k, v in cfg["tying"].items() if k != "damping"}
         stats = train_seeds(cfg, args.seeds)
         details[label] = {"config": cfg, "source": row["source"], "stats": stats,
                           "before": {k: row["stats"][k] for k in ("sparsity", "param_sharing", "test_accuracy")}}

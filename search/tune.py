@@ -350,7 +350,10 @@ class TrackingCallback(tune.Callback):
         self._say(f"        {_name(trial)} lost its worker and is retried from its last checkpoint")
 
     def _budget_reached(self) -> bool:
-        return self.time_budget_s is not None and time.monotonic() - self._start >= self.time_budget_s
+        """Whether Tune's time-budget stopper has stopped the experiment: its decision, not a clock
+        of this callback's own (which would start at another moment and disagree with it for a
+        few seconds, labelling trials as stopped by the budget while Tune went on)."""
+        return self.time_budget_s is not None and _ResumableBudget.reached
 
     def _settle(self, trial, replay: bool = False) -> bool:
         """Record how the trial ended; False if a replayed trial was already recorded."""
@@ -487,6 +490,12 @@ class _ResumableBudget(TimeoutStopper):
     --time-budget``) replaces it."""
 
     next_budget_s: float | None = None
+    reached = False  # set when the budget stops the experiment (one search per driver process)
+
+    def stop_all(self) -> bool:
+        if super().stop_all():
+            _ResumableBudget.reached = True
+        return _ResumableBudget.reached
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
@@ -575,6 +584,7 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
     path = (find_resumable(storage, spec.name) if resume == "latest" else resume) if resume else None
     search_id = Path(path).name if path else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     started = _init_ray(address)
+    _ResumableBudget.reached = False
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         if spec.resources.gpu > 0 and gpus < spec.resources.gpu:
@@ -603,6 +613,7 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
                              url=callback.tracker.url, optuna_storage=optuna_url)
     finally:
         _ResumableBudget.next_budget_s = None
+        _ResumableBudget.reached = False
         if started:
             ray.shutdown()
 

@@ -330,6 +330,26 @@ def test_private_ray_attributes_we_rely_on_still_exist():
     assert "def get_run_config" in inspect.getsource(TunerInternal)
 
 
+def test_the_budget_is_reached_when_tunes_stopper_says_so_and_a_resumed_stopper_starts_afresh():
+    """The tracking callback asks the stopper Tune uses whether the budget is spent (one decision,
+    no second clock); a stopper unpickled for a resumed search has its whole budget again."""
+    import pickle
+
+    from search.tune import _ResumableBudget
+
+    _ResumableBudget.reached = False
+    try:
+        stopper = _ResumableBudget(3600.0)
+        assert not stopper.stop_all() and not _ResumableBudget.reached
+        stopper._budget = -1.0  # spent
+        assert stopper.stop_all() and _ResumableBudget.reached
+        _ResumableBudget.reached = False  # a new search in this process
+        resumed = pickle.loads(pickle.dumps(stopper))
+        assert resumed._budget == 3600.0 and not resumed.stop_all() and not _ResumableBudget.reached
+    finally:
+        _ResumableBudget.reached = False
+
+
 class _Clock:
     """A fake ``time.monotonic`` for search.tune: progress lines without waiting."""
 
