@@ -284,7 +284,6 @@ class TrackingCallback(tune.Callback):
         self.complete = False
         self.budget_hit = False
         self._reconciled = False
-        self._start = time.monotonic()
         self._started: dict[str, float] = {}  # trial_id -> when it (re)started
         self._durations: list[float] = []
         self._said: dict[str, float] = {}  # trial_id -> time of its last progress line
@@ -584,7 +583,6 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
     path = (find_resumable(storage, spec.name) if resume == "latest" else resume) if resume else None
     search_id = Path(path).name if path else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     started = _init_ray(address)
-    _ResumableBudget.reached = False
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         if spec.resources.gpu > 0 and gpus < spec.resources.gpu:
