@@ -18,8 +18,8 @@ from torch import nn
 from torch.testing import assert_close
 
 from compact_nets import UserNet, user_net
-from trainables.compact import (CompactionError, CompactModel, check_compactable, compact, load_compact,
-                                save_compact, uncompacted)
+from trainables.compact import (CompactionError, CompactModel, check_compactable, compact, exact_float32,
+                                load_compact, save_compact, uncompacted)
 from trainables.config import ModelConfig
 from trainables.data import DataSpec
 from trainables.groups import GROUPINGS, conv_groups, from_groups, to_groups
@@ -465,7 +465,24 @@ def test_compact_on_gpu():
     model = torchvision_factory("resnet18")()
     sparsify(model)
     model = model.cuda()
-    small = compact(model, (3, 32, 32))
+    small = compact(model, (3, 32, 32))  # cuDNN's default TF32 once failed its exactness check here
     assert small.net.fc.weight.is_cuda
     assert n_params(small) < n_params(model)
-    assert_same_outputs(model, small, torch.randn(2, 3, 32, 32, device="cuda"))
+    with exact_float32():
+        assert_same_outputs(model, small, torch.randn(2, 3, 32, 32, device="cuda"))
+
+
+def test_exact_float32_turns_tf32_off_for_the_block_and_restores_the_settings():
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark, cudnn.deterministic, cudnn.enabled)
+    try:
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = True, True, True
+        with exact_float32():
+            assert not cudnn.allow_tf32 and not matmul.allow_tf32
+            assert cudnn.benchmark and cudnn.enabled  # the other cuDNN settings are left as they were
+        assert cudnn.allow_tf32 and matmul.allow_tf32 and cudnn.benchmark
+        with pytest.raises(RuntimeError), exact_float32():
+            raise RuntimeError
+        assert cudnn.allow_tf32 and matmul.allow_tf32
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark, cudnn.deterministic, cudnn.enabled = before

@@ -214,3 +214,19 @@ def test_old_model_file_without_a_record_is_rebuilt_from_the_config(csv_run, tmp
 
 def test_classes_are_the_image_folder_names(image_run):
     assert load_run(image_run[0] / "run")[1]["classes"] == list(CLASSES)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_run_trained_on_the_gpu_predicts_on_the_cpu(csv_run, tmp_path, capsys):
+    """Train on a GPU, deploy where there is none: predict (on the CPU) reproduces test_accuracy."""
+    src, cfg, _, header, rows = csv_run
+    result = fit(cfg.replace(device="cuda"))
+    assert result.metrics["compaction"] == "graph"
+    save_run(result, tmp_path / "run")
+    _, _, test_i = _split_indices(len(rows), cfg.data, official_test=False)
+    with open(tmp_path / "test.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *(rows[i] for i in test_i)])
+    assert main(["predict", str(tmp_path / "run"), str(tmp_path / "test.csv"), "--out", str(tmp_path / "p.csv")]) == 0
+    out = _predictions(tmp_path / "p.csv")
+    correct = sum(r["label"] == rows[i][header.index("label")] for r, i in zip(out, test_i))
+    assert correct / len(test_i) == result.metrics["test_accuracy"]
