@@ -194,6 +194,10 @@ class TyingConfig(_Strict):
     convergence_iter: int = Field(15, description="converged when the exemplars stay the same this many "
                                                   "iterations, at damping 0.5 (scaled by 0.5 / (1 - damping))")
     retries: int = Field(2, description="attempts after a non-converged one, each halving 1 - damping")
+    fallback: Literal["complete_linkage", "none"] = Field(
+        "complete_linkage", description="where affinity propagation still does not converge (on one connected "
+                                        "component of the rows more similar than `preference`): cluster those "
+                                        "rows so that every pair in a cluster is, or `none`: leave the layer untied")
     retrain_epochs: int = Field(10, description="retraining epochs with the tied rows, without the prox")
     retrain_lr: float | None = Field(None, description="retraining learning rate (default: `optim.lr`)")
     every: Literal["step", "epoch"] = Field("step", description="re-tie after every optimizer step or "

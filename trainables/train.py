@@ -256,7 +256,7 @@ class _Trainer:
         self.ties = find_ties([(l.name, l.module, l.grouping) for l in self.layers],
                               preference=t.preference, damping=t.damping,
                               max_cluster_ratio=t.max_cluster_ratio, max_iter=t.max_iter,
-                              convergence_iter=t.convergence_iter, retries=t.retries)
+                              convergence_iter=t.convergence_iter, retries=t.retries, fallback=t.fallback)
         self._tie()
         # retraining: same optimizer family, constant learning rate, no prox (GrOWL §4)
         self.optimizer = _make_optimizer(self.cfg, self.model.parameters(), t.retrain_lr)
@@ -380,6 +380,7 @@ class _Trainer:
             # numbers, so the tracker logs them: a search shows where tying silently did nothing
             final["tying_layers"] = len(self.ties)
             final["tying_converged_layers"] = sum(t.converged for t in self.ties)
+            final["tying_fallback_rows"] = sum(t.fallback_rows for t in self.ties)
         return final, small
 
     # -- checkpoints ------------------------------------------------------------------------------
