@@ -17,6 +17,11 @@ the search itself uses (objectives normalised by the dense network, accuracy ref
 
     python bench/moasha_vs_fifo.py --out bench/results/moasha_vs_fifo.json    # 3 seeds x (16 FIFO + 48 MO-ASHA trials), ~10 min
     python bench/moasha_vs_fifo.py --seeds 0        # one seed (~3 min on 2 busy cores), to size it
+    python bench/moasha_vs_fifo.py --data mnist10k --epochs 20 --grace-period 2 --out bench/results/moasha_vs_fifo_mnist10k.json
+
+``--data mnist10k`` takes the families of ``bench/specs/mnist10k_baselines.yaml`` (RESULTS §7) on
+MNIST-10k with tying off (its retraining epochs are not what the schedulers compare), the
+baselines' pruning schedules ending at half the epochs.
 """
 
 from __future__ import annotations
@@ -45,11 +50,23 @@ from trainables.yamlio import load_yaml  # noqa: E402
 L1 = {"lam": {"type": "loguniform", "low": 3e-4, "high": 1e-2}, "prox_every": "step"}
 
 
-def make_spec(tmp: Path, kind: str, seed: int, trials: int, epochs: int, grace: int, eta: float) -> dict:
-    spec = load_yaml(ROOT / "examples/search/baselines_digits.yaml")
+MNIST_SPEC = ROOT / "bench/specs/mnist10k_baselines.yaml"
+
+
+def make_spec(tmp: Path, kind: str, seed: int, trials: int, epochs: int, grace: int, eta: float,
+              data: str = "digits", data_dir: Path | None = None) -> dict:
+    if data == "digits":
+        spec = load_yaml(ROOT / "examples/search/baselines_digits.yaml")
+        spec["regularizers"] = {"l1": copy.deepcopy(L1), **spec["regularizers"]}
+    else:  # MNIST-10k: the families of RESULTS §7, without tying (its retraining epochs are not searched)
+        spec = load_yaml(MNIST_SPEC)
+        spec["base"]["data"]["path"] = str(data_dir)
+        spec["base"]["tying"] = {"enabled": False}
+        for name in ("magnitude", "channel_magnitude"):  # the schedules end half-way through the epochs
+            spec["regularizers"][name]["end_epoch"] = max(1, epochs // 2)
+        spec.pop("scheduler", None)
     spec["name"] = f"mvf-{kind}-{seed}"
     spec["base"]["optim"]["epochs"] = epochs
-    spec["regularizers"] = {"l1": copy.deepcopy(L1), **spec["regularizers"]}
     spec.update(trials=trials, seed=seed, concurrency=2, resources={"cpu": 1},
                 storage=str(tmp / "ray"), tracking_uri=f"sqlite:///{tmp}/mlflow.db")
     if kind == "moasha":
@@ -102,7 +119,8 @@ def hypervolume_at_epochs(trials: list[dict], objectives, budget: int | None) ->
 
 
 def run_one(tmp: Path, kind: str, seed: int, trials: int, args) -> tuple[SearchSpec, list[dict], float]:
-    spec_dict = make_spec(tmp, kind, seed, trials, args.epochs, args.grace_period, args.reduction_factor)
+    spec_dict = make_spec(tmp, kind, seed, trials, args.epochs, args.grace_period, args.reduction_factor,
+                          args.data, args.data_dir)
     spec = SearchSpec.model_validate(spec_dict)
     t0 = time.perf_counter()
     run_search(spec, yaml.safe_dump(spec_dict), quiet=True)
@@ -119,12 +137,23 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12, help="epochs per full trial")
     parser.add_argument("--grace-period", type=int, default=2)
     parser.add_argument("--reduction-factor", type=float, default=3.0)
+    parser.add_argument("--data", choices=["digits", "mnist10k"], default="digits",
+                        help="digits: examples/search/baselines_digits.yaml plus l1; mnist10k: the families of "
+                             "bench/specs/mnist10k_baselines.yaml (tying off, baselines' schedules ending at "
+                             "half the epochs)")
+    parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared/data/mnist",
+                        help="the MNIST IDX files, for --data mnist10k")
     args = parser.parse_args()
-    if args.epochs < 10:  # the pruning baselines' end_epoch reaches 10 (examples/search/baselines_digits.yaml)
+    if args.data == "digits" and args.epochs < 10:  # the baselines' end_epoch reaches 10 (baselines_digits.yaml)
         parser.error(f"--epochs must be at least 10 (the baselines' end_epoch range), got {args.epochs}")
+    if args.data == "mnist10k" and not args.data_dir.is_dir():
+        parser.error(f"--data-dir: no such directory: {args.data_dir}")
     payload = base_payload("moasha_vs_fifo", args, None)
-    print_header("MO-ASHA vs FIFO at equal total epochs (digits)", None, [
-        f"l1, group_lasso, cges, magnitude, channel_magnitude (round robin, MO-TPE); digits, mlp 64-100-10, "
+    families = ("l1, group_lasso, cges, magnitude, channel_magnitude (round robin, MO-TPE); digits, mlp 64-100-10"
+                if args.data == "digits" else "group_lasso, growl, cges, magnitude, channel_magnitude (round robin, "
+                "MO-TPE); MNIST-10k, mlp 784-300-10 with BatchNorm, first layer, tying off")
+    print_header(f"MO-ASHA vs FIFO at equal total epochs ({args.data})", None, [
+        f"{families}, "
         f"{args.epochs} epochs per full trial; concurrency 2, 1 CPU per trial; FIFO {args.fifo_trials} trials, "
         f"MO-ASHA up to {args.moasha_trials} trials (grace {args.grace_period}, eta {args.reduction_factor:g}); "
         f"seeds {args.seeds}."])

@@ -13,7 +13,7 @@ from trainables import ConfigError, TrialConfig, fit
 from trainables.groups import GROUPINGS, from_groups, member_dims, to_groups
 from trainables.prox import cges_step
 from trainables.regularizers import LayerRegularizer
-from trainables.regularizers.cges import CGES, cges_step_
+from trainables.regularizers.cges import ALWAYS_FLUSH, CGES, cges_step_
 from trainables.train import _Trainer, check_device, uses_channels_last
 
 SHAPES = [(30, 78), (10, 1), (8, 3, 5, 5), (16, 8, 3, 3)]
@@ -90,6 +90,23 @@ def test_in_place_step_flushes_values_below_the_smallest_normal():
     nonzero = got[got != 0].abs()
     assert (nonzero >= FLUSH).all(), got
     assert got[0, 1] > 0.99 and got[1, 1] > 1.99
+
+
+@pytest.mark.parametrize("rows", [4, ALWAYS_FLUSH // 2 + 1])  # a small layer, and one above ALWAYS_FLUSH
+def test_subnormal_results_are_flushed_on_small_and_large_layers(rows):
+    """Small layers are always flushed; large ones only when some kept row's threshold is small
+    enough to leave subnormals, which this weight's first column makes happen."""
+    W = torch.ones(rows, 2)
+    W[:, 0] = 2e-38  # |G| - t with t = 1e-38 (2e-38 + 1): a subnormal result in every row
+    assert (W.numel() <= ALWAYS_FLUSH) == (rows == 4)
+    got = W.clone()
+    cges_step_(got, (1,), 0.0, 1e-38)
+    assert (got[:, 0] == 0).all() and (got[:, 1] > 0.99).all()
+    assert torch.equal(got, reference(W, "filter", 0.0, 1e-38))
+    big = random_weight((ALWAYS_FLUSH // 64 + 1, 64), torch.float32)  # the usual case: nothing to flush
+    got = big.clone()
+    cges_step_(got, member_dims(2, "filter"), 0.05, 0.002)
+    assert torch.equal(got == 0, reference(big, "filter", 0.05, 0.002) == 0)
 
 
 @pytest.mark.parametrize("exact", [False, True])

@@ -174,6 +174,7 @@ class LayerRegularizer:
     grouping: str
     regularizer: Regularizer
     scratch: torch.Tensor | None = field(default=None, repr=False)  # for an in-place prox_
+    _dims: tuple[int, ...] | None = field(default=None, repr=False)  # member_dims, once per layer
 
     def groups(self) -> torch.Tensor:
         return to_groups(self.module.weight.detach(), self.grouping, conv_groups(self.module))
@@ -205,7 +206,9 @@ class LayerRegularizer:
         W = self.module.weight
         if self.scratch is None or self.scratch.shape != W.shape or self.scratch.device != W.device:
             self.scratch = torch.empty_like(W)
-        self.regularizer.prox_(W.detach(), member_dims(W.ndim, self.grouping), step, self.scratch)
+        if self._dims is None:
+            self._dims = member_dims(W.ndim, self.grouping)
+        self.regularizer.prox_(W.detach(), self._dims, step, self.scratch)
 
     def _write(self, new: torch.Tensor) -> None:
         W = self.module.weight
