@@ -17,7 +17,8 @@ the search itself uses (objectives normalised by the dense network, accuracy ref
 
     python bench/moasha_vs_fifo.py --out bench/results/moasha_vs_fifo.json    # 3 seeds x (16 FIFO + 48 MO-ASHA trials), ~10 min
     python bench/moasha_vs_fifo.py --seeds 0        # one seed (~3 min on 2 busy cores), to size it
-    python bench/moasha_vs_fifo.py --data mnist10k --epochs 20 --grace-period 2 --out bench/results/moasha_vs_fifo_mnist10k.json
+    python bench/moasha_vs_fifo.py --data mnist10k --epochs 15 --grace-period 2 --fifo-trials 12 --moasha-trials 36 \
+        --out bench/results/moasha_vs_fifo_mnist10k.json     # ~20 min on 2 cores
 
 ``--data mnist10k`` takes the families of ``bench/specs/mnist10k_baselines.yaml`` (RESULTS §7) on
 MNIST-10k with tying off (its retraining epochs are not what the schedulers compare), the
