@@ -74,7 +74,7 @@ def run_one(job: tuple[dict, int]) -> dict:
     W = next(v for k, v in first.items() if k.endswith("weight") and v.ndim == 2)
     rows_pruned = float((W.abs().sum(dim=0) == 0).float().mean())  # input rows = columns of [out, in]
     keys = ("val_accuracy", "test_accuracy", "sparsity", "param_sharing", "params_unique", "params_nonzero",
-            "flops_compact", "tying_layers", "tying_converged_layers")
+            "flops_compact", "tying_layers", "tying_converged_layers", "tying_fallback_rows")
     return {"rows_pruned": rows_pruned, "seconds": time.perf_counter() - start,
             **{k: float(m[k]) for k in keys if k in m}}
 

@@ -249,7 +249,7 @@ def run_one(method: str, p: float | None, lam: float | None, seed: int, a: argpa
     # AP at other preferences on the same (pre-tying) rows, offline
     m["ari_true_by_preference"], m["clusters_by_preference"] = {}, {}
     for pref in a.extra_preferences:
-        labels, _ = cluster_rows(torch.from_numpy(G), preference=pref)
+        labels = cluster_rows(torch.from_numpy(G), preference=pref).labels
         if pref == a.preference:
             assert np.array_equal(labels, tie.labels)
         m["ari_true_by_preference"][str(pref)] = ari_scores(labels, blocks)["ari_true"]

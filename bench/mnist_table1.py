@@ -133,6 +133,7 @@ def train_seeds(cfg_dict: dict, seeds: list[int]) -> dict:
     # layers whose affinity propagation converged, of those tied, per seed
     out["tying_converged"] = " ".join(f"{m['tying_converged_layers']:.0f}/{m['tying_layers']:.0f}" for m in metrics
                                       if "tying_layers" in m) or "-"
+    out["tying_fallback_rows"] = [m.get("tying_fallback_rows") for m in metrics]  # per seed
     out["kept_inputs"] = statistics.mean(len(k) for k in kept)
     return out
 
