@@ -95,7 +95,7 @@ def trial_log(uri: str, name: str) -> list[dict]:
                        "end_ms": run.info.end_time, "epochs": len(epochs),
                        "epoch_ms": sorted(epochs.values()),
                        **{k: run.data.metrics.get(k) for k in
-                          ("val_accuracy", "test_accuracy", "params_nonzero", "params_total",
+                          ("val_accuracy", "test_accuracy", "params_nonzero", "params_unique", "params_total",
                            "flops_compact", "flops_dense")}})
     return trials
 
@@ -112,6 +112,9 @@ def hypervolume_at_epochs(trials: list[dict], objectives, budget: int | None) ->
     # a trial whose last epoch was logged by the cutoff is counted complete by then (its end time is
     # a few ms later: the artifacts and the frontier update)
     done = [tr for tr in trials if tr["state"] == "complete" and tr["epoch_ms"] and tr["epoch_ms"][-1] <= cutoff]
+    missing = {o.metric for o in objectives} - {k for tr in done for k, v in tr.items() if v is not None}
+    if done and missing:  # a hypervolume of 0 from an unread metric would look like a result
+        raise RuntimeError(f"trial_log did not read the objectives {sorted(missing)}")
     frontier = Frontier.of(done, objectives)
     return {"hypervolume": frontier.hypervolume, "complete_trials": len(done),
             "started_trials": sum(bool(tr["epoch_ms"]) and tr["epoch_ms"][0] <= cutoff for tr in trials),
