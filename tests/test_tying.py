@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import typing
 import warnings
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from trainables.config import ConfigError, TyingConfig
-from trainables.tying import (LayerTying, cluster_rows, complete_linkage, components, find_ties,
+from trainables.tying import (FALLBACKS, LayerTying, cluster_rows, complete_linkage, components, find_ties,
                               scaled_convergence_iter, similarity, tie_)
 
 TOY = torch.tensor([[1, 0, 0], [0.9, 0.3, 0], [0.75, 0, 0.5], [0, 1, 0], [0.2, 0.9, 0.1]],
@@ -165,6 +166,7 @@ def test_complete_linkage_fallback_where_affinity_propagation_does_not_converge(
     assert len(np.unique(labels)) < 30
     with pytest.raises(ValueError, match="fallback"):
         cluster_rows(W, 0.3, fallback="kmeans")
+    assert typing.get_args(TyingConfig.model_fields["fallback"].annotation) == FALLBACKS  # one list of names
 
 
 def test_find_ties_records_convergence_and_warns_naming_the_layer():

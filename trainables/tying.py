@@ -62,8 +62,10 @@ from sklearn.exceptions import ConvergenceWarning
 from .groups import conv_groups, from_groups, to_groups
 from .prox import ZERO_ROW_NORM  # rows at or below it are pruned: one definition, in prox
 
-__all__ = ["similarity", "cluster_rows", "components", "complete_linkage", "FALLBACKS", "Clustering", "LayerTying", "find_ties", "tie_", "scaled_convergence_iter",
-           "ZERO_ROW_NORM"]
+__all__ = ["similarity", "cluster_rows", "components", "complete_linkage", "FALLBACKS", "Clustering", "LayerTying",
+           "find_ties", "tie_", "scaled_convergence_iter", "ZERO_ROW_NORM"]
+
+FALLBACKS = ("complete_linkage", "none")  # tying.fallback (trainables.config.TyingConfig; a test checks)
 
 
 
@@ -127,9 +129,6 @@ def cluster_rows(G: torch.Tensor, preference: float, damping: float = 0.9, *, ma
     return Clustering(labels, converged, top_damping, iterations, fallback_rows)
 
 
-FALLBACKS = ("complete_linkage", "none")
-
-
 def complete_linkage(S: np.ndarray, preference: float) -> np.ndarray:
     """Clusters in which every pair of rows has similarity above ``preference`` (scikit-learn's
     complete-linkage agglomerative clustering on ``1 - S``, merging below ``1 - preference``)."""
@@ -143,7 +142,7 @@ def components(S: np.ndarray, preference: float) -> list[np.ndarray]:
     (module docstring: affinity propagation's objective decomposes over them)."""
     adjacency = S > preference
     np.fill_diagonal(adjacency, False)
-    n, label = connected_components(csr_matrix(adjacency), directed=False)
+    _, label = connected_components(csr_matrix(adjacency), directed=False)
     order = np.argsort(label, kind="stable")
     return np.split(order, np.flatnonzero(np.diff(label[order])) + 1)
 
