@@ -22,6 +22,10 @@ from search.cli import main
 from search.spec import SearchSpec, validate_spec
 from search.tune import run_search
 
+# trial data that takes 1 s to load: tests racing a clock against trials hold on any machine
+SLOW_DIGITS = {"name": "python", "factory": f"{Path(__file__).parent / 'slow_data.py'}:digits",
+               "kwargs": {"seconds": 1.0}}
+
 pytestmark = pytest.mark.ray
 
 TAG = "sparsetune"
@@ -208,6 +212,7 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
 def test_interrupted_search_resumes_without_loss_or_duplicates(tmp_path):
     # checkpoints only at the end: an interrupted trial starts over and reports its epochs again
     spec_dict = tiny(tmp_path, trials=6, concurrency=1, checkpoint_every_s=1e6)
+    spec_dict["base"]["data"] = SLOW_DIGITS  # the interrupt lands before the last trials end
     spec_dict["base"]["optim"]["epochs"] = 6
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec_dict))
@@ -325,8 +330,9 @@ def test_time_budget_stops_the_search_and_resume_goes_on_with_the_trials_not_sta
     (no run, no Optuna trial), the parent records the outcome; `--resume` runs trials not started
     yet, with a fresh budget, and never runs a recorded trial again."""
     # the budget must cover starting the trials' worker (torch imports: 30 s on a loaded 2-core
-    # machine); 200 trials cannot finish in it (the driver alone spends > 0.3 s on each)
+    # machine); each trial's data takes 1 s to load, so 200 trials cannot finish in it on any machine
     spec_dict = tiny(tmp_path, trials=200, concurrency=1, time_budget_s=60.0)
+    spec_dict["base"]["data"] = SLOW_DIGITS
     spec_dict["base"]["optim"]["epochs"] = 2
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec_dict))
