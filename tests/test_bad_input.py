@@ -424,3 +424,22 @@ def test_train_rejects_a_missing_cuda_device(cli, tmp_path):
 def test_search_rejects_a_cuda_device_its_trials_do_not_get(cli, tmp_path):
     _, err = cli("search", _spec(tmp_path, _base("device", "cuda")))
     assert "base.device: a trial sees 0 GPU(s) (resources.gpu=0); use device: auto or cuda (got 'cuda')" in err, err
+
+
+@pytest.mark.parametrize("command", ["train", "search"])
+def test_a_truncated_image_is_named_before_anything_starts(cli, tmp_path, monkeypatch, command):
+    """A PNG cut short after a valid header decodes only in part: caught when the data is
+    described (one line, exit 2, naming the file), not as a trial's OSError mid-epoch."""
+    from user_data import write_images
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    write_images(tmp_path / "images", 4)
+    bad = sorted((tmp_path / "images" / "right").iterdir())[2]
+    bad.write_bytes(bad.read_bytes()[:-40])  # the header and part of the pixels
+    data = f"{{name: image_folder, path: {tmp_path / 'images'}, val_fraction: 0.25, test_fraction: 0.25}}"
+    if command == "train":
+        _, err = cli("train", _config(tmp_path, _with(CONFIG, data=data, model="{name: mlp, hidden: [8]}")),
+                     "--out", "out")
+    else:
+        _, err = cli("search", _spec(tmp_path, _base("data", yaml.safe_load(data))))
+    assert f"cannot read image {bad}" in err and "truncated" in err, err

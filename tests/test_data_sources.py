@@ -237,3 +237,25 @@ def test_training_streamed_equals_in_memory(tmp_path):
         for (name, p), q in zip(runs[0].model.state_dict().items(), r.model.state_dict().values()):
             assert torch.equal(p, q), name
     assert runs[0].preprocessing == runs[1].preprocessing
+
+
+def test_every_image_is_decoded_once_and_a_changed_file_again(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    write_images(tmp_path / "im", 3)
+    cfg = _cfg(name="image_folder", path=str(tmp_path / "im"), val_fraction=0.2, test_fraction=0.2)
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda fp, *a, **k: (opened.append(fp), real_open(fp, *a, **k))[1])
+    by_name = lambda: sorted({str(fp) for fp in opened if isinstance(fp, (str, Path))})  # noqa: E731
+    D.describe(cfg)
+    files = sorted(str(p) for p in (tmp_path / "im").rglob("*.png"))
+    assert by_name() == files  # each image checked by its path
+    opened.clear()
+    D.describe(cfg)
+    assert by_name() == []  # remembered: none checked again (torchvision's loader reads one sample through a file object)
+    changed = Path(files[4])
+    changed.write_bytes(changed.read_bytes()[:-30])
+    with pytest.raises(ConfigError, match=f"data.path: cannot read image {changed}: image file is truncated"):
+        D.describe(cfg)

@@ -16,6 +16,9 @@ augmentation.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,8 +47,6 @@ from ..data import (
 from ..families import DATASETS, AbsolutePath, DataConfig
 
 __all__ = ["ImageFolderConfig", "RandomCrop", "image_transform"]
-
-_SPLITS = ("train", "val", "test")
 
 
 class RandomCrop(_Strict):
@@ -215,8 +216,10 @@ def _folders(cfg: ImageFolderConfig) -> dict[str, _Files]:
 
 
 def _input_shape(cfg: ImageFolderConfig, folders: dict[str, _Files]) -> tuple[int, int, int]:
-    """(C, H, W) after the evaluation transforms: read off one image, and, unless ``center_crop``
-    or ``resize: [h, w]`` fixes the size, every image's header checked for the same size."""
+    """(C, H, W) after the evaluation transforms: read off one image, every image decoded once
+    (:func:`_image_sizes`), and, unless ``center_crop`` or ``resize: [h, w]`` fixes the size,
+    every image checked for the same size."""
+    sizes = _image_sizes(cfg, [path for folder in folders.values() for path, _ in folder.samples])
     first_path = folders["train"].samples[0][0]
     try:
         from torchvision.datasets.folder import default_loader
@@ -226,22 +229,60 @@ def _input_shape(cfg: ImageFolderConfig, folders: dict[str, _Files]) -> tuple[in
         raise ConfigError([("data.path", f"cannot read image {first_path}: {e}", cfg.path)]) from None
     fixed = cfg.center_crop is not None or isinstance(cfg.resize, list) and len(cfg.resize) == 2
     if not fixed:
-        from PIL import Image
-
-        sizes: dict[tuple[int, int], str] = {}
-        for folder in folders.values():
-            for path, _ in folder.samples:
-                try:
-                    with Image.open(path) as im:
-                        sizes.setdefault(im.size, path)
-                except OSError as e:
-                    raise ConfigError([("data.path", f"cannot read image {path}: {e}", cfg.path)]) from None
-                if len(sizes) > 1:
-                    (a, pa), (b, pb) = sizes.items()
-                    raise ConfigError([("data.path", f"images differ in size ({a[0]}x{a[1]} {pa}, "
-                                                     f"{b[0]}x{b[1]} {pb}): give center_crop or resize: "
-                                                     "[height, width]", cfg.path)])
+        first: dict[tuple[int, int], str] = {}
+        for path, size in sizes.items():
+            first.setdefault(size, path)
+            if len(first) > 1:
+                (a, pa), (b, pb) = first.items()
+                raise ConfigError([("data.path", f"images differ in size ({a[0]}x{a[1]} {pa}, "
+                                                 f"{b[0]}x{b[1]} {pb}): give center_crop or resize: "
+                                                 "[height, width]", cfg.path)])
     return tuple(int(d) for d in x.shape)  # type: ignore[return-value]
+
+
+def _check_cache(root: str) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "sparsetune" / "image_checks" / (hashlib.sha1(root.encode()).hexdigest()[:16] + ".json")
+
+
+def _image_sizes(cfg: ImageFolderConfig, paths: list[str]) -> dict[str, tuple[int, int]]:
+    """path -> (width, height) of every image, each decoded in full once, so that a truncated or
+    corrupt file is named before any training starts rather than failing a trial mid-epoch. The
+    files already checked are remembered per folder (``~/.cache/sparsetune/image_checks``) by
+    modification time and size: a trial, or the next search, decodes only what changed."""
+    from PIL import Image
+
+    cache_file = _check_cache(str(cfg.path))
+    try:
+        known = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        known = {}
+    sizes, checked, changed = {}, {}, False
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise ConfigError([("data.path", f"cannot read image {path}: {e}", cfg.path)]) from None
+        entry = known.get(path)
+        if not (isinstance(entry, list) and entry[:2] == [st.st_mtime_ns, st.st_size]):
+            try:
+                with Image.open(path) as im:
+                    im.load()  # decodes the whole file: a truncated one raises here
+                    entry = [st.st_mtime_ns, st.st_size, *im.size]
+            except (OSError, ValueError, SyntaxError) as e:  # PIL raises all three on bad files
+                raise ConfigError([("data.path", f"cannot read image {path}: {e}", cfg.path)]) from None
+            changed = True
+        checked[path] = entry
+        sizes[path] = (int(entry[2]), int(entry[3]))
+    if changed:
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(checked))
+            os.replace(tmp, cache_file)
+        except OSError:  # a read-only home: checked again next time
+            pass
+    return sizes
 
 
 def _describe(cfg: ImageFolderConfig) -> DataSpec:
