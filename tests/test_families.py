@@ -189,17 +189,31 @@ def test_optimizer_builds_and_steps(name):
     assert (w.detach() < 1).all()
 
 
+# Each schedule's learning rate at the start of epochs 0..5 of 6, by its documented rule.
+SCHEDULE_RULES = {
+    "constant": ({}, lambda e: 0.1),
+    "step": ({"lr_step": 2, "lr_gamma": 0.5}, lambda e: 0.1 * 0.5 ** (e // 2)),
+    "cosine": ({}, lambda e: 0.1 * (1 + math.cos(math.pi * e / 6)) / 2),
+}
+
+
+def test_every_schedule_has_a_rule_here():
+    assert sorted(SCHEDULE_RULES) == sorted(LR_SCHEDULES)
+
+
 @pytest.mark.parametrize("name", list(LR_SCHEDULES), ids=list(LR_SCHEDULES))
-def test_schedule_builds_and_steps(name):
-    cfg = TrialConfig.from_dict({"optim": {"lr_schedule": name, "epochs": 4}})
+def test_schedule_follows_its_rule(name):
+    fields, rule = SCHEDULE_RULES[name]
+    cfg = TrialConfig.from_dict({"optim": {"lr_schedule": name, "epochs": 6, **fields}})
     opt = torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1)
     sched = cfg.optim.schedule.build(opt, epochs=cfg.optim.epochs)
+    seen = []
     for _ in range(cfg.optim.epochs):
+        seen.append(opt.param_groups[0]["lr"])
         opt.step()
         if sched is not None:
             sched.step()
-    lr = opt.param_groups[0]["lr"]
-    assert 0 <= lr <= 0.1 and (sched is not None or lr == 0.1)
+    assert seen == pytest.approx([rule(e) for e in range(6)], rel=1e-9, abs=1e-12)
 
 
 # ----------------------------------------------------------------------------- bad values

@@ -42,8 +42,9 @@ def test_member_dims_reduce_to_the_group_rows_in_order(shape, grouping):
     per_group = torch.linalg.vector_norm(W, dim=member_dims(W.ndim, grouping), keepdim=True)
     rows = torch.linalg.vector_norm(to_groups(W, grouping), dim=1)
     torch.testing.assert_close(per_group.flatten(), rows, rtol=1e-12, atol=0)
-    assert per_group.shape != W.shape or per_group.numel() == W.numel()  # it broadcasts onto W
-    (W * per_group)  # noqa: B018 - broadcasting must not raise
+    # it broadcasts onto W, giving every element the norm of its own group
+    spread = to_groups(per_group.expand_as(W).contiguous(), grouping)
+    torch.testing.assert_close(spread, rows[:, None].expand_as(spread), rtol=1e-12, atol=0)
 
 
 # ----------------------------------------------------------------------------- cges_step_
