@@ -197,6 +197,40 @@ def test_named_weights_come_from_the_local_cache_only(tmp_path, monkeypatch):
     assert model.fc.weight.shape == (10, 512)  # the head: fresh, for 10 classes
 
 
+def test_torchvision_builder_weights_none_is_accepted_and_a_file_is_pointed_to_model_weights():
+    cfg = TrialConfig.from_dict({"model": {"name": "torchvision", "arch": "resnet18", "kwargs": {"weights": None}}})
+    assert cfg.model.kwargs == {}
+    assert isinstance(build_model(cfg.model, DataSpec((3, 16, 16), 10)), torchvision.models.ResNet)
+    with pytest.raises(ConfigError, match=r"model\.kwargs\.weights: trained weights go in model\.weights.*'IMAGENET1K_V1'"):
+        TrialConfig.from_dict({"model": {"name": "torchvision", "arch": "resnet18", "kwargs": {"weights": "IMAGENET1K_V1"}}})
+
+
+def test_torchvision_first_conv_is_adapted_to_the_data_channels_with_its_trained_weights(tmp_path):
+    grey = DataSpec((1, 16, 16), 10)
+    plain = TrialConfig.from_dict({"model": {"name": "torchvision", "arch": "resnet18"}})
+    with pytest.raises(ConfigError, match=r"model\.arch: resnet18's first convolution \(conv1\) reads 3 "
+                                          r"channels and the data has 1; set model\.adapt_input: true"):
+        build_model(plain.model, grey)
+    trained = torchvision.models.resnet18(num_classes=10)
+    torch.save(trained.state_dict(), tmp_path / "rgb.pt")
+    for channels in (1, 6, 2):
+        spec = DataSpec((channels, 16, 16), 10)
+        cfg = TrialConfig.from_dict({"model": {"name": "torchvision", "arch": "resnet18", "adapt_input": True,
+                                               "weights": str(tmp_path / "rgb.pt")}})
+        model = build_model(cfg.model, spec).eval()
+        assert model.conv1.in_channels == channels and model.conv1.weight.shape[1] == channels
+        assert torch.equal(model.layer1[0].conv1.weight, trained.layer1[0].conv1.weight)
+        # a grey image of value v reads as the RGB image (v, v, v) reads in the trained network
+        v = torch.rand(2, 1, 16, 16)
+        if channels not in (1, 6):  # not 1 or a multiple of 3: timm's rule keeps the scale (3 / channels), not the output
+            assert_close(model.conv1.weight, trained.conv1.weight[:, :channels] * 1.5)
+            continue
+        with torch.no_grad():
+            ours = model.conv1(v.expand(-1, channels, -1, -1))
+            theirs = trained.conv1(v.expand(-1, 3, -1, -1))
+        assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
 def test_timm_named_weights_offline_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     import huggingface_hub.constants as hf
@@ -271,7 +305,8 @@ def test_torchvision_resnet18_trains_with_layer_patterns(user_dir, device):
     x = torch.randn(3, 3, 8, 8).to(device)
     with torch.no_grad(), exact_float32():
         assert_close(result.compact_model(x), result.model.eval()(x), rtol=1e-4, atol=1e-5)
-        assert result.config.to_dict()["model"] == {"name": "torchvision", "arch": "resnet18", "kwargs": {}}
+        assert result.config.to_dict()["model"] == {"name": "torchvision", "arch": "resnet18", "kwargs": {},
+                                                     "adapt_input": False}
         save_run(result, directory / "run")
         assert_close(load_compact(directory / "run" / "compact_model.pt")(x.cpu()), result.compact_model(x).cpu(),
                      rtol=1e-4, atol=1e-5)

@@ -64,7 +64,11 @@ class SourceConfig(ModelConfig):
             state, head = self.named_weights(spec), True
         else:
             state, head = load_state_dict(self.weights), False
-        load_weights_into(model, state, self.weights, spec, reinit_head=head)
+        load_weights_into(model, self.adapt_state(model, state), self.weights, spec, reinit_head=head)
+
+    def adapt_state(self, model: nn.Module, state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+        """Trained weights made to fit what :meth:`build` changed (none here)."""
+        return state
 
     def named_weights(self, spec: DataSpec) -> Mapping[str, torch.Tensor]:
         raise ConfigError([("model.weights", "a path to a state-dict file (with a `/` or a file "
