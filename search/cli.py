@@ -40,7 +40,7 @@ examples:
   sparsetune train examples/train/growl_digits.yaml --out runs/growl
   sparsetune train examples/train/cges_digits.yaml --out runs/cges \\
       --set regularizer.lam=3e-3 --set optim.epochs=20
-  sparsetune train exported/rank0_trial_00003.yaml --out runs/rerun   # re-run an exported config
+  sparsetune train exported/quickstart/rank0_growl_3807ba92.yaml --out runs/rerun   # re-run an exported config
 """
 
 

@@ -53,8 +53,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_search)
 
-    for name, help_text, func in (("frontier", _FRONTIER_HELP, _cmd_frontier), ("export", _EXPORT_HELP, _cmd_export)):
-        q = sub.add_parser(name, help=help_text.splitlines()[0], description=help_text, formatter_class=raw)
+    for name, short, help_text, func in (
+            ("frontier", "print the Pareto frontier of a search", _FRONTIER_HELP, _cmd_frontier),
+            ("export", "write the frontier's (or the chosen runs') exact configs", _EXPORT_HELP, _cmd_export)):
+        q = sub.add_parser(name, help=short, description=help_text, formatter_class=raw)
         q.add_argument("--experiment", required=True, help="the MLflow experiment (the spec's name)")
         q.add_argument("--search-id", help="one search of the experiment (default: the latest)")
         q.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
@@ -200,7 +202,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(f, fieldnames=list(index[0]))
         writer.writeheader()
         writer.writerows(index)
-    _print_table(frontier, chosen, f"exported {len(chosen)} configs to {out}")
+    _print_table(frontier, chosen, f"exported {len(chosen)} config{'s' if len(chosen) != 1 else ''} to {out}")
     return 0
 
 

@@ -446,3 +446,15 @@ def test_progress_lines_start_every_30s_at_most_and_eta(tmp_path, monkeypatch, c
     assert finished[0].startswith("[  1/3] cges             A ") and finished[0].endswith("| ETA 4m40s")  # 2 × 140 s
     assert finished[1].endswith("| ETA 2m40s")  # mean of 140 s and 180 s, 1 left
     assert "ETA" not in finished[2]
+
+
+def test_every_command_has_a_one_line_help_in_one_style():
+    import argparse
+
+    from search.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {c.dest: c.help for c in sub._choices_actions}
+    assert sorted(helps) == sorted(sub.choices)  # every command has one
+    for name, text in helps.items():
+        assert text and "\n" not in text and text[0].islower() and text[-1] not in ".:", (name, text)
