@@ -35,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables.config import REGULARIZER_PARAMS, ConfigError, TrialConfig, _FieldError, _from_validation_error, flatten
+from trainables.configbase import _Strict as _ClosedConfig
 from trainables.yamlio import load_yaml
 
 from .frontier import DENSE_REFERENCE, Objective
@@ -76,8 +77,10 @@ class SpecError(ConfigError):
     what = "search spec"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+class _Strict(_ClosedConfig):
+    """Frozen, strict and closed like the trial config: an unknown key lists the valid fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=False)
 
 
 class Distribution(_Strict):

@@ -49,7 +49,9 @@ def set_dist(section, key, **dist):
 
 
 BAD = [
-    ("unknown field", lambda d: d.update(foo=1), "foo: unknown field (got 1)"),
+    ("unknown field", lambda d: d.update(foo=1), "foo: unknown field (valid fields: name, base, space, "),
+    ("top-level typo", lambda d: d.update(concurency=2),
+     "concurency: unknown field (did you mean concurrency? valid fields: name, base, space, "),
     ("zero trials", lambda d: d.update(trials=0), "trials: `trials >= 1` must hold (got 0)"),
     ("low > high", set_dist("space", "optim/lr", type="uniform", low=0.3, high=0.1),
      "space.optim/lr: `low <= high` must hold, but got low=0.3, high=0.1"),
@@ -60,7 +62,7 @@ BAD = [
     ("empty categorical", set_dist("space", "optim/name", type="categorical", choices=[]),
      "space.optim/name: a categorical distribution needs a non-empty `choices` list"),
     ("not a config field", set_dist("space", "optim/lrr", type="uniform", low=0.1, high=0.2),
-     "space.optim/lrr: unknown field (valid fields: name, lr, weight_decay, epochs, batch_size, "
+     "space.optim/lrr: unknown field (did you mean lr? valid fields: name, lr, weight_decay, epochs, batch_size, "
      "lr_schedule, amp, momentum, nesterov, lr_step, lr_gamma) (got 0.1)"),
     ("parameter of another family", lambda d: d["regularizers"]["cges"].update(lambda1=0.5),
      "regularizers.cges.lambda1: not a parameter of regularizer 'cges'"),

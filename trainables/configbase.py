@@ -9,6 +9,7 @@ import it to declare their parameters, and :mod:`trainables.config` joins those 
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import reprlib
@@ -177,7 +178,9 @@ class _Strict(BaseModel):
             fields = list(cls.model_fields)
             for key, value in data.items():
                 if isinstance(key, str) and key not in cls.model_fields:
-                    raise _FieldError(key, f"unknown field (valid fields: {', '.join(fields)})", value)
+                    near = difflib.get_close_matches(key, fields, n=1)
+                    hint = f"did you mean {near[0]}? " if near else ""
+                    raise _FieldError(key, f"unknown field ({hint}valid fields: {', '.join(fields)})", value)
         return data
 
 
