@@ -5,8 +5,10 @@ and one child run per trial (tags ``sparsetune.trial_id``, ``sparsetune.regulari
 ``sparsetune.state`` = complete / pruned / failed, ``sparsetune.pareto`` = true / false) holding the
 trial's flattened config as params, per-epoch metrics, the final metrics under their result.json
 names, and its exact ``config.yaml``, ``result.json`` and ``compact_model.pt`` as artifacts (they
-travel from the trial in its final checkpoint). On the parent: ``hypervolume`` after every finished
-trial, and ``pareto.csv`` plus frontier plots.
+travel from the trial in its final checkpoint). On the parent: ``hypervolume`` and ``frontier_size``
+as step metrics (step = complete trials) after every finished trial, and the frontier's artifacts
+(``trials.csv``, ``frontier.csv``, ``frontier.html``, plots) and description, refreshed while the
+search runs (at most every ``live_s`` seconds) and written in full when it ends.
 
 Ray does not restore callbacks' state, so runs are always found again by their tags: a resumed
 search reuses its parent run and its trials' child runs, never duplicating them.
@@ -54,8 +56,9 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, experiment: str, search_id: str, objectives: list[Objective],
                  spec_yaml: str, search_params: dict[str, Any], flush_s: float = 5.0,
-                 compares: str = "", optuna_storage: str | None = None):
+                 compares: str = "", optuna_storage: str | None = None, live_s: float = 30.0):
         self.tracking_uri = tracking_uri
+        self.live_s = live_s  # the parent's frontier artifacts are refreshed at most this often
         self.flush_s = flush_s  # per-epoch metrics reach MLflow at most this late (0: every epoch)
         self.experiment = experiment
         self.search_id = search_id
@@ -78,10 +81,11 @@ class Tracker:
         self._pending: dict[str, list[Metric]] = {}  # run_id -> epoch metrics not yet written
         self._flushed: dict[str, float] = {}  # run_id -> time of its last write
         self._steps: dict[str, dict[str, int]] = {}  # run_id -> metric -> last step written
+        self._published = -math.inf  # time of the last refresh of the parent's frontier artifacts
 
     def __getstate__(self) -> dict:
         keep = ("tracking_uri", "experiment", "search_id", "objectives", "spec_yaml", "search_params", "flush_s",
-                "compares", "optuna_storage")
+                "compares", "optuna_storage", "live_s")
         return {k: self.__dict__.get(k) for k in keep}
 
     def __setstate__(self, state: dict) -> None:
@@ -220,7 +224,12 @@ class Tracker:
         self.client.set_terminated(run_id, "FINISHED")
         rows = self._complete_rows()
         rows[trial_id] = row_of(RunRecord.of(self.client.get_run(run_id)))
-        return self._update_frontier()
+        frontier = self._update_frontier()
+        if time.monotonic() - self._published >= self.live_s:
+            # a watcher sees the frontier so far (complete trials; the others join at the end)
+            self._publish(frontier, f"running (refreshed {time.strftime('%H:%M:%S')}, at most every "
+                                    f"{self.live_s:g} s)")
+        return frontier
 
     def pruned(self, run_id: str, epoch: int) -> None:
         """Stopped early by the scheduler: kept, but never on the frontier (Optuna: PRUNED)."""
@@ -281,23 +290,31 @@ class Tracker:
         """Close the search's parent run: the frontier as ``trials.csv``, ``frontier.csv``,
         ``frontier.html`` and PNG plots, and a markdown description that summarises it.
         Returns the frontier over every trial recorded (with the pruned and failed ones)."""
-        from .plots import frontier_figures, frontier_html
-
         self.flush()  # epochs of trials still running (an interrupted search)
         self._update_frontier()
         frontier = load_frontier(self.reader, self.experiment_id, self.parent_id, self.objectives)
+        self._publish(frontier, outcome)
+        if outcome:
+            self.client.set_tag(self.parent_id, f"{TAG}.outcome", outcome)
+        self.client.set_terminated(self.parent_id, status)
+        return frontier
+
+    def _publish(self, frontier: Frontier, outcome: str) -> None:
+        """The frontier's artifacts and the description on the parent run (replacing the last)."""
+        import matplotlib.pyplot as plt
+
+        from .plots import frontier_figures, frontier_html
+
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "trials.csv").write_text(frontier.to_csv())
             (Path(tmp) / "frontier.csv").write_text(frontier.to_csv(only_pareto=True))
             (Path(tmp) / "frontier.html").write_text(frontier_html(frontier, self.search_id))
             for name, fig in frontier_figures(frontier, title=self._title(frontier)).items():
                 fig.savefig(Path(tmp) / name, dpi=120, bbox_inches="tight")
+                plt.close(fig)  # refreshed many times in one driver: pyplot must not keep them
             self.client.log_artifacts(self.parent_id, tmp)
         self.client.set_tag(self.parent_id, "mlflow.note.content", self.describe(frontier, outcome))
-        if outcome:
-            self.client.set_tag(self.parent_id, f"{TAG}.outcome", outcome)
-        self.client.set_terminated(self.parent_id, status)
-        return frontier
+        self._published = time.monotonic()
 
     def log_importances(self, importances: dict[str, dict[str, float]]) -> None:
         """Per-objective hyperparameter importances (Optuna's), as ``importance/<objective>/<param>``
@@ -327,7 +344,8 @@ class Tracker:
             states[r["state"]] = states.get(r["state"], 0) + 1
         lines = [f"### Search `{self.search_id}`", "",
                  f"{n} trials: " + ", ".join(f"{v} {k}" for k, v in states.items() if v)
-                 + (f". {outcome}" if outcome else "."), "", self._objectives_md(), "",
+                 + (f". {outcome[0].upper()}{outcome[1:]}." if outcome not in ("", "complete") else "."),
+                 "", self._objectives_md(), "",
                  f"**Hypervolume:** {frontier.hypervolume:.4f} (objectives normalised by the dense network; "
                  "reference: " + ", ".join(f"`{o.metric}` {ref:g}" for o, ref in
                                           zip(self.objectives, objective_matrix([], self.objectives)[1])) + ")",

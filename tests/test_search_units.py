@@ -223,6 +223,31 @@ def test_repeated_epochs_are_written_once(tmp_path):
     assert [m.step for m in client.get_metric_history(run, "test_accuracy")] == [6]
 
 
+@pytest.mark.parametrize("live_s", [0.0, 1e9])
+def test_the_frontier_is_on_the_parent_while_it_runs(tmp_path, live_s):
+    """Refreshed after a trial completes, at most every live_s seconds (the first one at once)."""
+    tracker = Tracker(f"sqlite:///{tmp_path}/m.db", "exp", "exp-1", OBJECTIVES, "name: exp\n", {"trials": 3},
+                      live_s=live_s)
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+
+    def trials_csv() -> str:
+        return Path(client.download_artifacts(tracker.parent_id, "trials.csv", str(tmp_path / "dl"))).read_text()
+
+    _finish(tracker, "a", 0.90, 500.0)
+    parent = client.get_run(tracker.parent_id)
+    assert parent.info.status == "RUNNING"
+    names = {a.path for a in client.list_artifacts(tracker.parent_id)}
+    assert {"trials.csv", "frontier.csv", "frontier.html", "frontier_params.png"} <= names
+    assert "1 trials: 1 complete. Running (refreshed" in parent.data.tags["mlflow.note.content"]
+    _finish(tracker, "b", 0.95, 400.0)
+    assert ("\nb,cges," in trials_csv()) == (live_s == 0.0)  # refreshed only if live_s has passed
+    assert client.get_run(tracker.parent_id).info.status == "RUNNING"
+    tracker.finish(outcome="complete")
+    assert "\nb,cges," in trials_csv()
+    note = client.get_run(tracker.parent_id).data.tags["mlflow.note.content"]
+    assert "2 trials: 2 complete.\n" in note and "complete. complete" not in note
+
+
 def test_one_hypervolume_with_a_reference_everywhere(tmp_path, monkeypatch, capsys):
     """The search's metric, the parent's description and `sparsetune frontier` agree, also with an
     explicit reference (which `frontier` used to drop)."""
