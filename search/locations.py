@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import quote
 
-__all__ = ["InputError", "resolve_storage", "resolve_tracking_uri", "resolve_optuna_storage", "runs_url"]
+__all__ = ["InputError", "resolve_storage", "resolve_tracking_uri", "resolve_optuna_storage", "runs_url",
+           "run_url"]
 
 
 class InputError(ValueError):
@@ -65,14 +66,25 @@ def resolve_optuna_storage(storage: str | None, tracking_uri: str) -> str:
     raise ValueError("use sqlite:///<path>.db or a database URL (postgresql://..., mysql://...)")
 
 
-def runs_url(tracking_uri: str, experiment_id: str, order_by: str | None = None, ascending: bool = False) -> str:
-    """The MLflow UI's runs table of an experiment (the training view, not the GenAI overview).
+def _ui_base(tracking_uri: str) -> str:
+    """A SQLite store is browsed with ``mlflow ui``, which serves on 127.0.0.1:5000; a server is
+    browsed at its own address."""
+    return tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
 
-    A SQLite store is browsed with ``mlflow ui``, which serves on 127.0.0.1:5000; a server is
-    browsed at its own address.
-    """
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    url = f"{base}/#/experiments/{experiment_id}/runs?compareRunsMode=TABLE"
+
+def runs_url(tracking_uri: str, experiment_id: str, order_by: str | None = None, ascending: bool = False,
+             search_filter: str | None = None) -> str:
+    """The MLflow UI's runs table of an experiment (the training view, not the GenAI overview),
+    sorted by ``order_by`` and showing only the runs that ``search_filter`` (MLflow's search
+    syntax, e.g. one search's tag) selects."""
+    url = f"{_ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?compareRunsMode=TABLE"
+    if search_filter:
+        url += f"&searchFilter={quote(search_filter)}"
     if order_by:
         url += f"&orderByKey={quote(f'metrics.`{order_by}`')}&orderByAsc={str(ascending).lower()}"
     return url
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI's page of one run (a search's parent: its description and frontier)."""
+    return f"{_ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}"

@@ -26,7 +26,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from .frontier import Frontier, Objective, better, objective_matrix, objectives_to_json
-from .locations import runs_url
+from .locations import run_url, runs_url
 from .store import TAG, ClientReader, RunRecord, failure_summary, load_frontier, row_of
 
 __all__ = ["Tracker", "Frontier", "objective_matrix", "ARTIFACTS", "failure_summary"]
@@ -118,9 +118,15 @@ class Tracker:
 
     @property
     def url(self) -> str:
-        """The MLflow UI's runs table of this search's experiment."""
+        """The MLflow UI's runs table of this search only (its parent and trials), best first."""
         first = self.objectives[0]
-        return runs_url(self.tracking_uri, self.experiment_id, first.metric, first.mode == "min")
+        return runs_url(self.tracking_uri, self.experiment_id, first.metric, first.mode == "min",
+                        search_filter=f"tags.`{TAG}.search_id` = '{self.search_id}'")
+
+    @property
+    def parent_url(self) -> str:
+        """The MLflow UI's page of the parent run: the description, the frontier and its artifacts."""
+        return run_url(self.tracking_uri, self.experiment_id, self.parent_id)
 
     def _find_or_create_parent(self) -> str:
         exp_id, run = self.reader.find_search(self.experiment, self.search_id)

@@ -483,3 +483,20 @@ def test_every_command_has_a_one_line_help_in_one_style():
     assert sorted(helps) == sorted(sub.choices)  # every command has one
     for name, text in helps.items():
         assert text and "\n" not in text and text[0].islower() and text[-1] not in ".:", (name, text)
+
+
+def test_the_printed_links_show_this_search_and_its_parent(tmp_path):
+    """The runs link filters to this search's runs (MLflow's own search syntax, run here as the UI
+    runs it), and the parent link opens the run that holds the frontier."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    first, second = _tracker(tmp_path), Tracker(f"sqlite:///{tmp_path}/m.db", "exp", "exp-2", OBJECTIVES,
+                                                "name: exp\n", {"trials": 2})
+    _finish(first, "a", 0.9, 500.0)
+    _finish(second, "b", 0.8, 400.0)
+    query = parse_qs(urlsplit(first.url).fragment.split("?", 1)[1])
+    assert query["orderByKey"] == ["metrics.`val_accuracy`"] and query["orderByAsc"] == ["false"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    shown = client.search_runs([first.experiment_id], unquote(query["searchFilter"][0]))
+    assert {r.info.run_id for r in shown} == {first.parent_id, first.run_for("a", "cges_a", "cges", {})}
+    assert first.parent_url == f"http://127.0.0.1:5000/#/experiments/{first.experiment_id}/runs/{first.parent_id}"
