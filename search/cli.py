@@ -95,13 +95,23 @@ class _EpochProgress:
         self.progress.update(self.task, advance=1, status=status)
 
 
+CHANCE_CAUSES = ("the network predicts no better than always answering the most frequent class; "
+                 "likely causes: a learning rate too small or too large (optim.lr), too few epochs, a "
+                 "regularizer strength that zeroes the network, or BatchNorm on tiny inputs or batches")
+
+
 def _print_summary(console, m: dict, out) -> None:
     from rich.table import Table
 
     table = Table(title=f"result ({out})", show_header=False)
-    rows = [("test accuracy", f"{m['test_accuracy']:.4f}")]
+    def accuracy(split: str) -> str:
+        chance = m.get(f"{split}_at_chance") and m.get("chance_accuracy" if split == "test" else "val_chance_accuracy")
+        note = f"  [bold red]at chance level[/] ({chance:.4f})" if chance else ""
+        return f"{m[f'{split}_accuracy']:.4f}{note}"
+
+    rows = [("test accuracy", accuracy("test"))]
     if "val_accuracy" in m:
-        rows.append(("val accuracy", f"{m['val_accuracy']:.4f}"))
+        rows.append(("val accuracy", accuracy("val")))
     rows += [
         ("parameters (non-zero / total)", f"{m['params_nonzero']:,} / {m['params_total']:,}"),
         ("unique parameters", f"{m['params_unique']:,}"),
@@ -113,6 +123,8 @@ def _print_summary(console, m: dict, out) -> None:
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
+    if m.get("test_at_chance") or m.get("val_at_chance"):
+        console.print(f"[bold red]at chance level:[/] {CHANCE_CAUSES}")
 
 
 def _positive_int(text: str) -> int:

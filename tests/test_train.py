@@ -195,3 +195,20 @@ def test_evaluate_matches_manual_accuracy():
     with torch.no_grad():
         manual = (model(data.test.X).argmax(1) == data.test.y).double().mean().item()
     assert got["accuracy"] == pytest.approx(manual)
+
+
+def test_a_network_at_chance_level_is_called_that():
+    """chance_accuracy is the most frequent test class's share; a network that learned nothing
+    (a learning rate of 1e-7) is flagged at chance, a trained one is not."""
+    from trainables.data import load
+
+    cfg = small()
+    test = load(cfg.data).test
+    majority = torch.bincount(test.y).max().item() / len(test.y)
+    stuck = fit(small(optim={"epochs": 2, "lr": 1e-7})).metrics
+    trained = fit(cfg).metrics
+    for m in (stuck, trained):
+        assert m["chance_accuracy"] == pytest.approx(majority)
+        assert 0 < m["val_chance_accuracy"] < 1
+    assert stuck["test_at_chance"] == stuck["val_at_chance"] == 1
+    assert trained["test_at_chance"] == trained["val_at_chance"] == 0 and trained["test_accuracy"] > 0.8

@@ -36,6 +36,7 @@ from .groups import check_grouping, to_groups
 from .models import prunable_layers
 
 __all__ = [
+    "at_chance",
     "model_metrics",
     "count_params",
     "count_nonzero",
@@ -177,3 +178,10 @@ def _layer_row(name: str, dense: nn.Module, small: nn.Module, unique: int, flops
         row.update(grouping=grouping, groups=int(g.shape[0]), zero_groups=int((~g.ne(0).any(1)).sum()))
     return row
 
+
+
+def at_chance(accuracy: float, chance: float, n: int) -> bool:
+    """Whether ``accuracy`` on ``n`` examples is no better than always predicting the most frequent
+    class (accuracy ``chance``): at most two standard errors of a ``chance`` coin (and 0.02) above it."""
+    margin = max(0.02, 2 * (chance * (1 - chance) / max(n, 1)) ** 0.5)
+    return accuracy <= chance + margin

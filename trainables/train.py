@@ -44,7 +44,7 @@ from .compact import CompactionError, compact, uncompacted
 from .config import ConfigError, TrialConfig
 from .data import Dataset, DataSpec, Split, StreamSplit, batches, load
 from .groups import conv_groups, from_groups
-from .metrics import count_flops, model_metrics
+from .metrics import at_chance, count_flops, model_metrics
 from .models import build_model, prunable_layers
 from .regularizers import LayerRegularizer, Pruner, build_layer_regularizers
 from .tying import ZERO_ROW_NORM, LayerTying, find_ties, tie_
@@ -140,18 +140,22 @@ def torch_threads(threads: int | None) -> Iterator[None]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split | StreamSplit, batch_size: int = 1024) -> dict[str, float]:
-    """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``split``."""
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode) on ``split``, and ``chance``: the
+    accuracy of always predicting the split's most frequent class."""
     was_training = model.training
     model.eval()
     loss = torch.zeros((), dtype=torch.float64, device=split.device)
     correct = torch.zeros((), dtype=torch.int64, device=split.device)
+    counts = None
     for xb, yb in batches(split, batch_size, shuffle=False):
         out = model(xb)
         loss += F.cross_entropy(out, yb, reduction="sum").double()
         correct += (out.argmax(1) == yb).sum()
+        seen = torch.bincount(yb, minlength=out.shape[1])
+        counts = seen if counts is None else counts + seen
     model.train(was_training)
     n = max(len(split), 1)
-    return {"loss": loss.item() / n, "accuracy": correct.item() / n}
+    return {"loss": loss.item() / n, "accuracy": correct.item() / n, "chance": counts.max().item() / n if counts is not None else 0.0}
 
 
 def _seed_everything(seed: int) -> torch.Generator:
@@ -196,6 +200,8 @@ class _Trainer:
         self.pruner: Pruner | None = first if isinstance(first, Pruner) else None  # masks on a schedule
         self.steps_per_epoch = math.ceil(len(self.data.train) / cfg.optim.batch_size)
         self._dense_flops: list[tuple[nn.Module, int]] | None = None  # for _flops_estimate
+        self.val_chance: float | None = None  # the validation split's most-frequent-class accuracy
+        self.val_accuracy: float | None = None  # at the last epoch
 
     # -- the proximal step, masks and tying ----------------------------------------------------
 
@@ -325,6 +331,7 @@ class _Trainer:
         if len(self.data.val):
             val = evaluate(self.model, self.data.val)
             m["val_loss"], m["val_accuracy"] = val["loss"], val["accuracy"]
+            self.val_chance, self.val_accuracy = val["chance"], val["accuracy"]
         with torch.no_grad():
             m["penalty"] = float(sum(layer.penalty().item() for layer in self.layers))
         params = [p for p in self.model.parameters()]
@@ -368,7 +375,12 @@ class _Trainer:
         final = model_metrics(self.model, small, shape, groupings=groupings)
         final["compaction"] = compaction
         test = evaluate(self.model, self.data.test)
-        final = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], **final}
+        # chance: the most frequent class's share; *_at_chance (0/1): no better than that
+        final = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "chance_accuracy": test["chance"],
+                 "test_at_chance": int(at_chance(test["accuracy"], test["chance"], len(self.data.test))), **final}
+        if self.val_chance is not None:  # what a search's accuracy objective is compared with
+            final["val_chance_accuracy"] = self.val_chance
+            final["val_at_chance"] = int(at_chance(self.val_accuracy, self.val_chance, len(self.data.val)))
         regs = {layer.name: layer.regularizer for layer in self.layers}
         for info in final.get("layers", []):
             reg = regs.get(info["name"])
