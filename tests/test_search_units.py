@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from search.spec import Objective, SearchSpec
 from search.tracking import Tracker
-from search.tune import FullBudgetOptunaSearch, SpaceDefinition
+from search.samplers import FullBudgetOptunaSearch
+from search.space import SpaceDefinition
 
 ROOT = Path(__file__).parent.parent
 OBJECTIVES = [Objective(metric="val_accuracy", mode="max"), Objective(metric="params_nonzero", mode="min")]
@@ -301,13 +302,13 @@ def test_relative_paths_in_a_spec_are_resolved_from_where_the_search_starts(tmp_
 
 
 def test_private_ray_attributes_we_rely_on_still_exist():
-    """search/tune.py's "Ray internals" section and FullBudgetOptunaSearch use these; a Ray or
+    """search/_compat.py and FullBudgetOptunaSearch use these; a Ray or
     Optuna upgrade that renames them must fail here, loudly, not in a user's search."""
     import inspect
 
     from ray.tune.impl.tuner_internal import TunerInternal
 
-    from search.tune import _ResumableGenerator
+    from search.budget import ResumableGenerator as _ResumableGenerator
 
     sr = searcher(spec())
     assert hasattr(sr, "_ot_study") and hasattr(sr, "_ot_trials") and hasattr(sr, "_completed_trials")
@@ -320,7 +321,7 @@ def test_private_ray_attributes_we_rely_on_still_exist():
     assert state["finished"] and not reopened.is_finished()
     assert "_tune_config" in inspect.getsource(TunerInternal.__init__)
     # Tune stops the trials running when the time budget runs out without a trial hook, and only
-    # then calls the callbacks' on_step_end (search/tune.py: TrackingCallback.on_step_end)
+    # then calls the callbacks' on_step_end (search/callbacks.py: TrackingCallback.on_step_end)
     from ray.tune.execution.tune_controller import TuneController
 
     stop = inspect.getsource(TuneController._stop_experiment_if_needed)
@@ -335,7 +336,7 @@ def test_the_budget_is_reached_when_tunes_stopper_says_so_and_a_resumed_stopper_
     no second clock); a stopper unpickled for a resumed search has its whole budget again."""
     import pickle
 
-    from search.tune import _ResumableBudget
+    from search.budget import ResumableBudget as _ResumableBudget
 
     _ResumableBudget.reached = False
     try:
@@ -351,7 +352,7 @@ def test_the_budget_is_reached_when_tunes_stopper_says_so_and_a_resumed_stopper_
 
 
 class _Clock:
-    """A fake ``time.monotonic`` for search.tune: progress lines without waiting."""
+    """A fake ``time.monotonic`` for search.callbacks: progress lines without waiting."""
 
     def __init__(self):
         self.now = 1000.0
@@ -397,7 +398,7 @@ def test_progress_lines_start_every_30s_at_most_and_eta(tmp_path, monkeypatch, c
     trial's line an ETA from the finished trials' durations, none on the last."""
     import re
 
-    import search.tune as tune_module
+    import search.callbacks as tune_module
 
     clock = _Clock()
     monkeypatch.setattr(tune_module, "time", clock)
