@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ray.tune.stopper import TimeoutStopper
 
 __all__ = ["optuna_trial_of", "reopen_generator", "reset_timeout", "restored_callbacks", "restored_search_alg",
-           "set_restored_time_budget", "tell_once", "timeout_spent"]
+           "set_restored_time_budget", "study_of", "tell_once", "timeout_spent"]
 
 
 # ---------------------------------------------------------------- Tuner (restored) internals
@@ -91,3 +91,8 @@ def tell_once(searcher: OptunaSearch, trial_id: str, values: list | None, state:
     so its ``on_trial_complete`` and ours never tell the same trial twice)."""
     searcher._ot_study.tell(searcher._ot_trials[trial_id], values, state=state)
     searcher._completed_trials.add(trial_id)
+
+
+def study_of(searcher: OptunaSearch) -> optuna.Study:
+    """The Optuna study behind the searcher (``OptunaSearch`` keeps it in ``_ot_study``)."""
+    return searcher._ot_study

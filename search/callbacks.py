@@ -154,8 +154,8 @@ class TrackingCallback(tune.Callback):
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         """When the time budget runs out, Tune stops the trials still running (or waiting for a
         worker) without calling any trial hook or telling the searcher
-        (``TuneController._stop_experiment_if_needed``). They are recorded here, in the step that
-        stopped them: stopped (or complete, if their last epoch was in), and told to the searcher
+        (``TuneController._stop_experiment_if_needed``; checked in tests/test_compat.py). They are
+        recorded here, in the step that stopped them: stopped (or complete, if their last epoch was in), and told to the searcher
         as Ray would have, so that the experiment state Tune saves next does not hold them as
         live: the concurrency limiter of a resumed search would wait for them forever."""
         if not self._budget_reached():
