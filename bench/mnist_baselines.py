@@ -30,7 +30,7 @@ import yaml  # noqa: E402
 from moasha_vs_fifo import trial_log  # noqa: E402
 from search.plots import frontier_figure  # noqa: E402
 from search.spec import SearchSpec, validate_spec  # noqa: E402
-from search.tune import run_search  # noqa: E402
+from search.run import run_search  # noqa: E402
 from trainables.yamlio import load_yaml  # noqa: E402
 
 SPEC = ROOT / "bench/specs/mnist10k_baselines.yaml"

@@ -43,10 +43,10 @@ from common import ROOT, add_common_args, base_payload, markdown_table, print_he
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-import search.tune  # noqa: E402,F401
+import search  # noqa: E402,F401
 from search.plots import frontier_figure  # noqa: E402
 from search.spec import SearchSpec, validate_spec  # noqa: E402
-from search.tune import run_search  # noqa: E402
+from search.run import run_search  # noqa: E402
 from trainables import TrialConfig, fit  # noqa: E402
 from trainables.groups import to_groups  # noqa: E402
 from trainables.models import prunable_layers  # noqa: E402

@@ -44,7 +44,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from search.frontier import Frontier  # noqa: E402
 from search.spec import SearchSpec  # noqa: E402
 from search.tracking import TAG  # noqa: E402
-from search.tune import run_search  # noqa: E402
+from search.run import run_search  # noqa: E402
 from trainables.yamlio import load_yaml  # noqa: E402
 
 # l1 from the quickstart; the others as in examples/search/baselines_digits.yaml

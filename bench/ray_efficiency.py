@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     import yaml
 
     from search.spec import SearchSpec, validate_spec
-    from search.tune import run_search
+    from search.run import run_search
     from trainables import TrialConfig, fit
 
     payload = base_payload("bench/ray_efficiency.py", args, torch.device("cpu"))

@@ -30,9 +30,9 @@ import ray  # noqa: E402
 import yaml  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-import search.tune  # noqa: E402,F401  (driver environment)
+import search  # noqa: E402,F401  (driver environment)
 from search.spec import SearchSpec, validate_spec  # noqa: E402
-from search.tune import run_search  # noqa: E402
+from search.run import run_search  # noqa: E402
 from trainables import TrialConfig, fit  # noqa: E402
 from trainables.yamlio import load_yaml  # noqa: E402
 
@@ -97,7 +97,7 @@ def main() -> None:
                     profiler.disable()
                     print(f"\n-- driver profile, concurrency {c} (cumulative seconds)")
                     stats = pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative")
-                    stats.print_stats(r"tracking.py|tune.py:\d+\((on_|_settle)|worker.py:\d+\(wait\)|"
+                    stats.print_stats(r"tracking.py|callbacks.py:\d+\((on_|_settle)|worker.py:\d+\(wait\)|"
                                       r"sqlalchemy_store.py:\d+\(__init__\)|actor_manager.py:\d+\(_actor_start", 25)
                 assert outcome.complete, "the search did not finish"
                 configs, inside_epochs = trial_configs(tmp, spec.name)

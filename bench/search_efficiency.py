@@ -26,10 +26,10 @@ import ray  # noqa: E402
 import yaml  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-import search.tune  # noqa: E402,F401
+import search  # noqa: E402,F401
 from search.spec import SearchSpec, validate_spec  # noqa: E402
 from search.tracking import Frontier  # noqa: E402
-from search.tune import run_search  # noqa: E402
+from search.run import run_search  # noqa: E402
 from trainables import TrialConfig, fit  # noqa: E402
 from trainables.yamlio import load_yaml  # noqa: E402
 

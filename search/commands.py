@@ -82,7 +82,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
         raise InputError("--time-budget", "must be a positive number of seconds", args.time_budget)
     spec = load_spec(args.spec, trials=args.trials)  # every spec error surfaces here, before Ray
-    from .tune import run_search
+    from .run import run_search
 
     outcome = run_search(spec, Path(args.spec).read_text(), address=args.address, resume=args.resume,
                          quiet=args.quiet, time_budget_s=args.time_budget)

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from . import pareto
 
-__all__ = ["Objective", "Frontier", "DENSE_REFERENCE", "objective_matrix", "objectives_to_json",
+__all__ = ["Objective", "Frontier", "DENSE_REFERENCE", "finite", "objective_matrix", "objectives_to_json",
            "objectives_from_json", "better"]
 
 # hypervolume reference of a "min" objective: the dense network's value (result.json key)
@@ -144,7 +144,12 @@ class Frontier:
         return buf.getvalue()
 
 
+def finite(value: Any) -> bool:
+    """A real, finite number (not a bool, not None, not NaN or infinite)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _num(value: Any, sign: float) -> float:
     """A sort key: ``sign * value``, missing values last."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = finite(value)
     return sign * float(value) if ok else math.inf

@@ -26,21 +26,27 @@ multi-objective ranking:
   the objective's own direction.
 
 Trials this stops are told to Optuna as PRUNED and tagged ``pruned`` in MLflow by the same code
-as ASHA's (``search.tune``): their last report is not final.
+as ASHA's (``search.samplers``, ``search.callbacks``): their last report is not final.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from .frontier import finite
 from .pareto import pareto_ranks, to_minimization
+from .space import max_epochs
 
-__all__ = ["EPOCH_OBJECTIVE", "MOASHAScheduler", "crowding_distance", "epoch_objective", "rung_milestones"]
+if TYPE_CHECKING:
+    from .spec import SearchSpec
+
+__all__ = ["EPOCH_OBJECTIVE", "MOASHAScheduler", "crowding_distance", "epoch_objective", "make_scheduler",
+           "rung_milestones"]
 
 # Final objective (result.json) -> what every epoch reports for it (trainables/train.py).
 #   params_nonzero, params_unique -> weights_nonzero: non-zero entries of the current (uncompacted)
@@ -175,7 +181,7 @@ class MOASHAScheduler(FIFOScheduler):
         whether it is in the rung's top 1/reduction_factor; None when there was nothing to record."""
         t = result.get(self._time_attr)
         vector = [result.get(m) for m in self._metrics]
-        if not _finite(t) or not all(_finite(v) for v in vector):
+        if not finite(t) or not all(finite(v) for v in vector):
             return None
         reached = [m for m in self.milestones if m <= t]
         if not reached or trial_id in self.recorded[reached[-1]]:
@@ -190,5 +196,14 @@ class MOASHAScheduler(FIFOScheduler):
         return f"Using MO-ASHA ({', '.join(self._metrics)}): stopped {self.num_stopped}; rungs {rungs}"
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def make_scheduler(spec: SearchSpec):
+    """The trial scheduler the spec asks for (FIFO: every trial runs its full budget)."""
+    s = spec.scheduler
+    if s is None:
+        return FIFOScheduler()
+    if s.type == "moasha":  # stops are recorded as PRUNED like ASHA's: the last report is not final
+        return MOASHAScheduler([(o.metric, o.mode) for o in spec.objectives], max_t=s.max_t or max_epochs(spec),
+                               grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    return ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode, max_t=max_epochs(spec),
+                         grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+

@@ -177,9 +177,6 @@ class Scheduler(_Strict):
         return self
 
 
-SpaceValue = Any  # a Distribution, or a constant
-
-
 class SearchSpec(_Strict):
     name: str
     base: dict[str, Any] = Field(default_factory=dict)

@@ -13,7 +13,7 @@ def ray_session():
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     import ray
 
-    import search.tune  # noqa: F401  (sets the driver's Tune environment before Ray starts)
+    import search  # noqa: F401  (sets the driver's Tune environment before Ray starts)
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

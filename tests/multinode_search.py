@@ -13,9 +13,9 @@ from pathlib import Path
 import ray
 from ray.cluster_utils import Cluster
 
-import search.tune  # noqa: F401  (sets the driver's Tune environment)
+import search  # noqa: F401  (sets the driver's Tune environment)
 from search.spec import load_spec
-from search.tune import run_search
+from search.run import run_search
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_faults import mid_trial  # noqa: E402

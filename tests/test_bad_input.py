@@ -63,9 +63,9 @@ def cli(tmp_path, monkeypatch, capsys):
     import trainables
 
     monkeypatch.setattr(trainables, "fit", trip)
-    # the search stack: a stand-in for search.tune, so that a spec that wrongly passes validation
+    # the search stack: a stand-in for search.run, so that a spec that wrongly passes validation
     # cannot start Ray (and the real module, with ray, need not even be imported here)
-    monkeypatch.setitem(sys.modules, "search.tune", types.SimpleNamespace(run_search=trip))
+    monkeypatch.setitem(sys.modules, "search.run", types.SimpleNamespace(run_search=trip))
 
     def run(*args: str) -> tuple[int, str]:
         capsys.readouterr()
@@ -380,7 +380,7 @@ def test_the_valid_inputs_reach_the_run(tmp_path, monkeypatch, capsys):
     import trainables
 
     monkeypatch.setattr(trainables, "fit", tripwire("fit"))
-    monkeypatch.setitem(sys.modules, "search.tune", types.SimpleNamespace(run_search=tripwire("search")))
+    monkeypatch.setitem(sys.modules, "search.run", types.SimpleNamespace(run_search=tripwire("search")))
     with pytest.raises(Tripwire):
         main(["train", _config(tmp_path, CONFIG), "--out", "out", "--quiet"])
     with pytest.raises(Tripwire):

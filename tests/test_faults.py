@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from search import pareto
 from search.spec import SearchSpec, validate_spec
-from search.tune import run_search
+from search.run import run_search
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TAG = "sparsetune"

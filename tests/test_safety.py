@@ -2,7 +2,7 @@
 
 - YAML (configs, specs, ``--set`` values) is safe-loaded: Python tags raise ``YamlError`` and run
   nothing.
-- Model files (``load_compact``) and trial checkpoints (``search.tune.train_trial`` resuming from
+- Model files (``load_compact``) and trial checkpoints (``search.trainable.train_trial`` resuming from
   ``state.pt``) load with ``torch.load(weights_only=True)``: a pickled object is refused before it
   runs. Every ``torch.load`` in the packages is checked to say ``weights_only=True``.
 - ``.npz`` data loads with ``allow_pickle=False``.
@@ -147,9 +147,9 @@ class _Checkpoint:
 
 @pytest.fixture
 def trial_resuming_from(monkeypatch):
-    """Run ``search.tune.train_trial`` as a Tune worker does when it resumes from ``folder``;
+    """Run ``search.trainable.train_trial`` as a Tune worker does when it resumes from ``folder``;
     returns what reached ``fit(resume=...)`` (``fit`` itself is replaced: nothing trains)."""
-    import search.tune as tune_module
+    import search.trainable as tune_module
     import trainables
 
     resumed = []
@@ -168,7 +168,7 @@ def trial_resuming_from(monkeypatch):
 
 
 def test_train_trial_resumes_from_a_plain_state(tmp_path, trial_resuming_from):
-    import search.tune as tune_module
+    import search.trainable as tune_module
 
     state = {"format": "x", "epoch": 3, "model": {"w": torch.ones(2)}, "history": [{"loss": 1.0}]}
     torch.save(state, tmp_path / tune_module.STATE_FILE)
@@ -177,7 +177,7 @@ def test_train_trial_resumes_from_a_plain_state(tmp_path, trial_resuming_from):
 
 
 def test_train_trial_refuses_a_pickled_object_in_its_checkpoint(tmp_path, trial_resuming_from):
-    import search.tune as tune_module
+    import search.trainable as tune_module
 
     marker = tmp_path / "marker"
     torch.save({"format": "x", "epoch": 3, "note": MakesMarker(marker)}, tmp_path / tune_module.STATE_FILE)
@@ -196,7 +196,7 @@ def _torch_loads(path: Path) -> list[ast.Call]:
 def test_every_torch_load_says_weights_only_true():
     sources = sorted((ROOT / "trainables").rglob("*.py")) + sorted((ROOT / "search").rglob("*.py"))
     calls = {path.relative_to(ROOT).as_posix(): _torch_loads(path) for path in sources}
-    assert calls["search/tune.py"], "train_trial's checkpoint load was not found"
+    assert calls["search/trainable.py"], "train_trial's checkpoint load was not found"
     assert calls["trainables/compact.py"], "load_compact's load was not found"
     for name, found in calls.items():
         for call in found:

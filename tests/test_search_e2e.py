@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from search import pareto
 from search.cli import main
 from search.spec import SearchSpec, validate_spec
-from search.tune import run_search
+from search.run import run_search
 
 # trial data that takes 1 s to load: tests racing a clock against trials hold on any machine
 SLOW_DIGITS = {"name": "python", "factory": f"{Path(__file__).parent / 'slow_data.py'}:digits",

@@ -19,7 +19,9 @@ from mlflow.tracking import MlflowClient
 
 from search.spec import Objective, SearchSpec
 from search.tracking import Tracker
-from search.tune import FullBudgetOptunaSearch, SpaceDefinition
+from search._compat import study_of
+from search.samplers import FullBudgetOptunaSearch
+from search.space import SpaceDefinition
 
 ROOT = Path(__file__).parent.parent
 OBJECTIVES = [Objective(metric="val_accuracy", mode="max"), Objective(metric="params_nonzero", mode="min")]
@@ -63,7 +65,7 @@ def test_sampler_allocation_lets_optuna_choose_the_family():
     sr = searcher(spec(allocation="sampler"))
     names = {sr.suggest(f"t{i}")["regularizer"]["name"] for i in range(12)}
     assert names == {"cges", "growl"}
-    assert "regularizer/name" in sr._ot_study.trials[0].params
+    assert "regularizer/name" in study_of(sr).trials[0].params
 
 
 def test_optuna_is_told_how_each_trial_really_ended():
@@ -77,20 +79,21 @@ def test_optuna_is_told_how_each_trial_really_ended():
     sr.on_trial_complete("t4", {"trial_failed": 1.0, "final": 0.0, "error": "TrainingDiverged"})
     sr.on_trial_complete("t5", {"final": 1.0, "val_accuracy": 0.8, "params_nonzero": 50.0})
     sr.on_trial_complete("t5", {"final": 1.0, "val_accuracy": 0.1, "params_nonzero": 1.0})  # repeated: ignored
-    states = [t.state.name for t in sr._ot_study.trials]
+    states = [t.state.name for t in study_of(sr).trials]
     assert states == ["COMPLETE", "PRUNED", "FAIL", "FAIL", "FAIL", "COMPLETE"]
-    assert sr._ot_study.trials[0].values == [0.9, 100.0] and sr._ot_study.trials[5].values == [0.8, 50.0]
-    assert len(sr._ot_study.directions) == 2
-    assert {t.number for t in sr._ot_study.best_trials} == {0, 5}
+    assert study_of(sr).trials[0].values == [0.9, 100.0] and study_of(sr).trials[5].values == [0.8, 50.0]
+    assert len(study_of(sr).directions) == 2
+    assert {t.number for t in study_of(sr).best_trials} == {0, 5}
 
 
 def test_searcher_survives_pickle_as_ray_saves_it():
     sr = searcher(spec())
     sr.suggest("a")
     sr.on_trial_complete("a", {"final": 1.0, "val_accuracy": 0.9, "params_nonzero": 10.0})
-    clone = pickle.loads(pickle.dumps(sr.__dict__))
-    assert clone["_ot_study"].trials[0].values == [0.9, 10.0]
-    assert callable(clone["_space"])
+    clone = FullBudgetOptunaSearch.__new__(FullBudgetOptunaSearch)  # as Searcher.restore does
+    clone.__dict__.update(pickle.loads(pickle.dumps(sr.__dict__)))
+    assert study_of(clone).trials[0].values == [0.9, 10.0]
+    assert clone.suggest("b")["regularizer"]["name"] in {"cges", "growl"}
 
 
 def _tracker(tmp_path: Path) -> Tracker:
@@ -325,58 +328,8 @@ def test_relative_paths_in_a_spec_are_resolved_from_where_the_search_starts(tmp_
     assert resolve_paths(out) == out  # idempotent: nothing relative is left
 
 
-def test_private_ray_attributes_we_rely_on_still_exist():
-    """search/tune.py's "Ray internals" section and FullBudgetOptunaSearch use these; a Ray or
-    Optuna upgrade that renames them must fail here, loudly, not in a user's search."""
-    import inspect
-
-    from ray.tune.impl.tuner_internal import TunerInternal
-
-    from search.tune import _ResumableGenerator
-
-    sr = searcher(spec())
-    assert hasattr(sr, "_ot_study") and hasattr(sr, "_ot_trials") and hasattr(sr, "_completed_trials")
-    # a search stopped by its time budget is marked finished and saved so; resumed, it goes on
-    generator = _ResumableGenerator(sr)
-    generator.set_finished()
-    state = {**generator.get_state(), "total_samples": 4}
-    reopened = _ResumableGenerator(searcher(spec()))
-    reopened.set_state(state)
-    assert state["finished"] and not reopened.is_finished()
-    assert "_tune_config" in inspect.getsource(TunerInternal.__init__)
-    # Tune stops the trials running when the time budget runs out without a trial hook, and only
-    # then calls the callbacks' on_step_end (search/tune.py: TrackingCallback.on_step_end)
-    from ray.tune.execution.tune_controller import TuneController
-
-    stop = inspect.getsource(TuneController._stop_experiment_if_needed)
-    assert "_schedule_trial_stop" in stop and "on_trial_complete" not in stop
-    step = inspect.getsource(TuneController.step)
-    assert step.index("_stop_experiment_if_needed()") < step.index("_callbacks.on_step_end")
-    assert "def get_run_config" in inspect.getsource(TunerInternal)
-
-
-def test_the_budget_is_reached_when_tunes_stopper_says_so_and_a_resumed_stopper_starts_afresh():
-    """The tracking callback asks the stopper Tune uses whether the budget is spent (one decision,
-    no second clock); a stopper unpickled for a resumed search has its whole budget again."""
-    import pickle
-
-    from search.tune import _ResumableBudget
-
-    _ResumableBudget.reached = False
-    try:
-        stopper = _ResumableBudget(3600.0)
-        assert not stopper.stop_all() and not _ResumableBudget.reached
-        stopper._budget = -1.0  # spent
-        assert stopper.stop_all() and _ResumableBudget.reached
-        _ResumableBudget.reached = False  # a new search in this process
-        resumed = pickle.loads(pickle.dumps(stopper))
-        assert resumed._budget == 3600.0 and not resumed.stop_all() and not _ResumableBudget.reached
-    finally:
-        _ResumableBudget.reached = False
-
-
 class _Clock:
-    """A fake ``time.monotonic`` for search.tune: progress lines without waiting."""
+    """A fake ``time.monotonic`` for search.callbacks: progress lines without waiting."""
 
     def __init__(self):
         self.now = 1000.0
@@ -422,7 +375,7 @@ def test_progress_lines_start_every_30s_at_most_and_eta(tmp_path, monkeypatch, c
     trial's line an ETA from the finished trials' durations, none on the last."""
     import re
 
-    import search.tune as tune_module
+    import search.callbacks as tune_module
 
     clock = _Clock()
     monkeypatch.setattr(tune_module, "time", clock)

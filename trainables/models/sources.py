@@ -51,11 +51,6 @@ class SourceConfig(ModelConfig):
                                                    "model.kwargs)", self.kwargs[key])
         return self
 
-    @property
-    def source(self) -> str:
-        """``model.arch`` / ``model.factory``: the field that names the network, for messages."""
-        return f"model.{self.source_field}"
-
     def load_weights(self, model: nn.Module, spec: DataSpec) -> None:
         """Load ``self.weights`` into ``model`` (a file, or a named tag the family resolves)."""
         if self.weights is None:

@@ -29,13 +29,9 @@ from .base import (  # noqa: E402
     select_layers,
 )
 
-# Parameters given as a schedule over depth (a number, a list, or {first, last}), over all families.
-SCHEDULED_PARAMS = tuple(sorted({p for _, cfg in REGULARIZERS.items() for p in scheduled_params(cfg)}))
-
 __all__ = [
     "REGISTRY",
     "REGULARIZERS",
-    "SCHEDULED_PARAMS",
     "LamConfig",
     "LayerRegularizer",
     "Pruner",

@@ -1,0 +1,66 @@
+"""Optuna behind Ray: the sampler a spec names, and the searcher that tells Optuna the truth.
+
+``OptunaSearch`` gets every objective (``metric=[...]``, ``mode=[...]``) and owns the space
+(define-by-run, :mod:`search.space`). ``TuneConfig(metric=...)`` is never set: it would silently
+make the study single-objective (ecosystem.md §1.2).
+"""
+
+from __future__ import annotations
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from . import _compat
+from .frontier import finite
+from .space import SpaceDefinition
+from .spec import SearchSpec
+
+__all__ = ["FullBudgetOptunaSearch", "make_sampler", "make_searcher"]
+
+
+class FullBudgetOptunaSearch(OptunaSearch):
+    """OptunaSearch that records PRUNED / FAIL / COMPLETE from how the trial really ended:
+    COMPLETE with the final objective values only when the trial reached its last epoch, PRUNED
+    when a scheduler stopped it earlier (plain OptunaSearch would tell COMPLETE with early-epoch
+    values, which pollute the Pareto front), FAIL on an error or a non-finite objective."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if _compat.optuna_trial_of(self, trial_id) is None:
+            return
+        state, values = optuna.trial.TrialState.FAIL, None
+        if not error and result and not result.get("trial_failed"):
+            if result.get("final") == 1.0:
+                values = [result.get(m) for m in self.metric]
+                if all(finite(v) for v in values):
+                    state = optuna.trial.TrialState.COMPLETE
+                else:
+                    values = None
+            else:
+                state = optuna.trial.TrialState.PRUNED
+        _compat.tell_once(self, trial_id, values, state)
+
+
+def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if spec.sampler == "tpe":  # multivariate + group: the space is conditional per family
+            return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, group=True, constant_liar=True,
+                                              n_startup_trials=max(4, min(10, spec.trials // 3)))
+        if spec.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, min(50, spec.trials // 4)))
+        if spec.sampler == "gp":
+            return optuna.samplers.GPSampler(seed=spec.seed)
+        return optuna.samplers.RandomSampler(seed=spec.seed)
+
+
+
+def make_searcher(spec: SearchSpec, optuna_url: str, study_name: str) -> FullBudgetOptunaSearch:
+    """Optuna's sampler behind Ray, with its study in the RDB storage (optuna-dashboard reads it;
+    only the driver writes it, so SQLite is enough)."""
+    storage = optuna.storages.RDBStorage(optuna_url)
+    return FullBudgetOptunaSearch(space=SpaceDefinition(spec), metric=spec.objective_names(),
+                                  mode=spec.objective_modes(), sampler=make_sampler(spec),
+                                  storage=storage, study_name=study_name)
+

@@ -1,0 +1,118 @@
+"""The Ray trainable: ``trainables.fit`` reporting every epoch through ``tune.report``.
+
+Each report carries a checkpoint (the resumable training state) every ``checkpoint_every_s``
+seconds and on the last epoch, when it also holds ``config.yaml``, ``result.json`` and
+``compact_model.pt`` (which the driver logs to MLflow). A trial's exception is classified here:
+retryable ones (out of memory) are raised for Ray to retry, deterministic ones are reported as a
+failed trial. Paths are absolute: Ray runs each trial in its own working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from trainables.config import TrialConfig
+
+from .spec import SearchSpec
+
+__all__ = ["STATE_FILE", "make_trainable", "train_trial"]
+
+STATE_FILE = "state.pt"
+
+
+def train_trial(config: dict[str, Any], checkpoint_every_s: float = 0.0, import_paths: tuple[str, ...] = ()) -> None:
+    """One trial: ``fit`` reporting every epoch, with a checkpoint when ``checkpoint_every_s``
+    seconds have passed since the last one and on the last epoch; resumed from Tune's checkpoint
+    if there is one. ``import_paths`` (the driver's directory and PYTHONPATH) go on ``sys.path``
+    where they exist, so a user's ``model.factory`` module imports in the worker as in the driver."""
+    import torch
+
+    for path in reversed(import_paths):
+        if path not in sys.path and os.path.isdir(path):
+            sys.path.insert(0, path)
+
+    from trainables import TrainingDiverged, fit, save_run
+
+    cfg = TrialConfig.from_dict(config)
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = torch.load(Path(d) / STATE_FILE, weights_only=True)
+
+    last_checkpoint = time.monotonic()
+
+    def report(epoch) -> None:
+        nonlocal last_checkpoint
+        metrics = {k: v for k, v in epoch.metrics.items()
+                   if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        metrics["final"] = 1.0 if epoch.result is not None else 0.0
+        if epoch.result is None and time.monotonic() - last_checkpoint < checkpoint_every_s:
+            tune.report(metrics)
+            return
+        last_checkpoint = time.monotonic()
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(epoch.state(), Path(d) / STATE_FILE)
+            if epoch.result is not None:
+                save_run(epoch.result, d)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    try:  # as many torch threads as the trial's resources.cpu: concurrent trials never share cores
+        fit(cfg, report, resume=resume, threads=_trial_cpus())
+    except Exception as e:
+        if _retryable(e):
+            raise  # Ray retries it (max_failures), from the last checkpoint
+        # deterministic (a bad config, unreadable data, a diverging loss...): the same config fails
+        # the same way again, so report it instead of raising, and Ray does not retry it
+        tune.report({"trial_failed": 1.0, "final": 0.0, "cause": _one_line(e),
+                     "error": "".join(traceback.format_exception(e))})
+
+
+def _trial_cpus() -> int:
+    """The CPUs Ray gave this trial (at least 1; 1 outside a Tune trial, e.g. in a unit test)."""
+    try:
+        cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    except Exception:  # no trial context
+        cpus = 1
+    return max(1, int(cpus))
+
+
+def _retryable(e: BaseException) -> bool:
+    """Only what can succeed on a retry: running out of (GPU) memory, which other trials sharing
+    the device may have freed by then. A dead worker or node never reaches this code: Ray sees it
+    and retries the trial. Everything else a trial raises is deterministic."""
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+
+
+def _one_line(e: BaseException) -> str:
+    from trainables import TrainingDiverged
+    from trainables.config import ConfigError
+
+    text = " ".join(str(e).split())
+    if isinstance(e, ConfigError):  # its message already says "invalid config: field: ... (got ...)"
+        return text[:500]
+    return f"{'training diverged' if isinstance(e, TrainingDiverged) else type(e).__name__}: {text}"[:500]
+
+
+def make_trainable(spec: SearchSpec):
+    """``train_trial`` with the spec's checkpoint period and resources, as Tune runs it."""
+    trainable = tune.with_parameters(train_trial, checkpoint_every_s=spec.checkpoint_every_s,
+                                     import_paths=_import_paths())
+    return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def _import_paths() -> tuple[str, ...]:
+    """Where the driver imports a user's modules from: its current directory, then PYTHONPATH.
+    Ray workers start elsewhere (and trials run in their own directories), so a trial puts these on
+    its ``sys.path``; on a cluster the code travels with ``ray job submit --working-dir``."""
+    paths = [os.getcwd()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return tuple(dict.fromkeys(os.path.abspath(p) for p in paths))
+

@@ -1,0 +1,157 @@
+"""search/_compat.py on real, small Ray and Optuna objects: if an upgrade of Ray or Optuna moves an
+internal the adapter relies on, a test here fails (not a user's search)."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import time
+
+import optuna
+import pytest
+from ray import cloudpickle, tune
+from ray.tune.search import BasicVariantGenerator, SearchGenerator
+from ray.tune.search.optuna import OptunaSearch
+from ray.tune.stopper import Stopper, TimeoutStopper
+
+import search  # noqa: F401  (the driver's Tune environment)
+from search import _compat
+from search.budget import ResumableBudget, ResumableGenerator
+
+
+def _space(trial):
+    trial.suggest_float("x", 0.0, 1.0)
+
+
+def _optuna_search() -> OptunaSearch:
+    return OptunaSearch(space=_space, metric=["a", "b"], mode=["max", "min"], sampler=optuna.samplers.RandomSampler(seed=0))
+
+
+def test_optuna_search_trial_map_study_and_told_set():
+    sr = _optuna_search()
+    sr.suggest("t0")
+    sr.suggest("t1")
+    trial = _compat.optuna_trial_of(sr, "t0")
+    assert isinstance(trial, optuna.trial.Trial) and 0.0 <= trial.params["x"] <= 1.0
+    assert _compat.optuna_trial_of(sr, "unknown") is None
+    _compat.tell_once(sr, "t0", None, optuna.trial.TrialState.PRUNED)
+    assert _compat.optuna_trial_of(sr, "t0") is None  # told
+    # OptunaSearch's own bookkeeping saw it: its on_trial_complete does not tell it a second time
+    sr.on_trial_complete("t0", {"a": 1.0, "b": 2.0})
+    sr.on_trial_complete("t1", {"a": 1.0, "b": 2.0})
+    study = _compat.study_of(sr)
+    assert isinstance(study, optuna.Study)
+    assert [t.state.name for t in study.trials] == ["PRUNED", "COMPLETE"]
+    assert study.trials[1].values == [1.0, 2.0]
+
+
+def test_search_generator_reopened_after_being_finished():
+    generator = SearchGenerator(_optuna_search())
+    generator.set_state({**generator.get_state(), "total_samples": 4})  # 4 trials, none started
+    generator.set_finished()
+    assert generator.is_finished()
+    _compat.reopen_generator(generator)
+    assert not generator.is_finished()
+    # and through the saved state, as a resumed search restores it
+    generator.set_finished()
+    state = generator.get_state()
+    reopened = ResumableGenerator(_optuna_search())
+    reopened.set_state(state)
+    assert state["finished"] and not reopened.is_finished()
+
+
+def test_timeout_stopper_budget_spent_and_reset():
+    stopper = TimeoutStopper(3600.0)
+    assert not stopper.stop_all()
+    _compat.timeout_spent(stopper)
+    assert stopper.stop_all()
+    _compat.reset_timeout(stopper)
+    assert not stopper.stop_all()  # the whole hour again
+    _compat.reset_timeout(stopper, 0.0)
+    assert stopper.stop_all()  # a budget of nothing is spent at the first check
+
+
+def test_resumable_budget_reached_and_afresh_when_unpickled():
+    ResumableBudget.reached = False
+    try:
+        stopper = ResumableBudget(3600.0)
+        assert not stopper.stop_all() and not ResumableBudget.reached
+        _compat.timeout_spent(stopper)
+        assert stopper.stop_all() and ResumableBudget.reached
+        ResumableBudget.reached = False  # a new search in this process
+        resumed = pickle.loads(pickle.dumps(stopper))
+        assert not resumed.stop_all() and not ResumableBudget.reached
+        ResumableBudget.next_budget_s = 0.0  # --resume --time-budget 0
+        assert pickle.loads(pickle.dumps(stopper)).stop_all()
+    finally:
+        ResumableBudget.reached = False
+        ResumableBudget.next_budget_s = None
+
+
+# ------------------------------------------------------------------ a real Tuner, run once
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import this test file
+
+
+def _reports(config):
+    for i in range(200):  # stopped after its first report; finishing would take 20 s
+        tune.report({"i": i})
+        time.sleep(0.1)
+
+
+class _StopAfterFirstResult(Stopper):
+    """Stops the experiment (as the time budget does) once a trial has reported."""
+
+    def __init__(self):
+        self.go = False
+
+    def __call__(self, trial_id, result) -> bool:
+        self.go = True
+        return False
+
+    def stop_all(self) -> bool:
+        return self.go
+
+
+class _Events(tune.Callback):
+    def __init__(self):
+        self.completed: list[str] = []
+        self.step_end_statuses: list[list[str]] = []
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.completed.append(trial.trial_id)
+
+    def on_step_end(self, iteration, trials, **info):
+        self.step_end_statuses.append([t.status for t in trials])
+
+
+@pytest.mark.ray
+def test_tuner_internals_and_how_tune_stops_an_experiment(ray_session, tmp_path):
+    """What search/callbacks.py relies on: when a stopper ends the experiment, Tune stops the running
+    trial (TERMINATED) without any trial hook, and the callbacks' on_step_end of that step sees it
+    stopped. And what search/run.py reads of a (restored) Tuner: callbacks, search algorithm, budget."""
+    events = _Events()
+    search_alg = BasicVariantGenerator()
+    tuner = tune.Tuner(_reports, tune_config=tune.TuneConfig(num_samples=1, search_alg=search_alg),
+                       run_config=tune.RunConfig(name="compat", storage_path=str(tmp_path), verbose=0,
+                                                 stop=_StopAfterFirstResult(), callbacks=[events]))
+    assert _compat.restored_callbacks(tuner) == [events]
+    assert _compat.restored_search_alg(tuner) is search_alg
+    results = tuner.fit()
+    assert results[0].metrics["i"] < 199  # stopped, not run to the end
+    assert events.completed == []  # no trial hook for a trial the experiment stop ended
+    assert ["TERMINATED"] in events.step_end_statuses
+
+    restored = tune.Tuner.restore(str(tmp_path / "compat"), trainable=_reports)
+    (callback,) = [cb for cb in _compat.restored_callbacks(restored) if isinstance(cb, _Events)]
+    assert callback is not events  # unpickled from the experiment state
+    assert isinstance(_compat.restored_search_alg(restored), BasicVariantGenerator)
+
+
+@pytest.mark.ray
+def test_a_time_budget_set_on_a_tuner_after_construction_stops_it(ray_session, tmp_path):
+    tuner = tune.Tuner(_reports, tune_config=tune.TuneConfig(num_samples=1),
+                       run_config=tune.RunConfig(name="budget", storage_path=str(tmp_path), verbose=0))
+    _compat.set_restored_time_budget(tuner, 0.001)
+    results = tuner.fit()
+    assert results[0].metrics.get("i", 0) < 199
