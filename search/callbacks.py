@@ -119,7 +119,7 @@ class TrackingCallback(tune.Callback):
     def _settle(self, trial, replay: bool = False) -> bool:
         """Record how the trial ended; False if a replayed trial was already recorded."""
         run = self._run(trial)
-        if replay and self.tracker.client.get_run(run).info.status != "RUNNING":
+        if replay and self.tracker.recorded(run):
             return False
         result = trial.last_result or {}
         self._settled.add(trial.trial_id)

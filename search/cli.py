@@ -95,11 +95,6 @@ class _EpochProgress:
         self.progress.update(self.task, advance=1, status=status)
 
 
-CHANCE_CAUSES = ("the network predicts no better than always answering the most frequent class; "
-                 "likely causes: a learning rate too small or too large (optim.lr), too few epochs, a "
-                 "regularizer strength that zeroes the network, or BatchNorm on tiny inputs or batches")
-
-
 def _print_summary(console, m: dict, out) -> None:
     from rich.table import Table
 
@@ -124,7 +119,9 @@ def _print_summary(console, m: dict, out) -> None:
         table.add_row(key, value)
     console.print(table)
     if m.get("test_at_chance") or m.get("val_at_chance"):
-        console.print(f"[bold red]at chance level:[/] {CHANCE_CAUSES}")
+        from .frontier import CHANCE_CAUSES
+
+        console.print(f"[bold red]at chance level:[/] the network predicts {CHANCE_CAUSES}")
 
 
 def _positive_int(text: str) -> int:
@@ -246,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print(f"sparsetune {args.command}: interrupted", file=sys.stderr)
+        hint = f"; continue it with: sparsetune search {args.spec} --resume" if args.command == "search" else ""
+        print(f"sparsetune {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as e:
         # the training side's error types are looked up only if a command loaded it: `frontier`

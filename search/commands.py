@@ -75,6 +75,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    from .frontier import CHANCE_CAUSES
     from .spec import load_spec
 
     if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget > 0):
@@ -109,8 +110,12 @@ def _cmd_search(args: argparse.Namespace) -> int:
         return 1
     if outcome.budget_hit:
         print(f"sparsetune search: time budget reached; continue it with: {resume}", file=sys.stderr)
+    if frontier.at_chance:
+        print(f"sparsetune search: error: every trial is at chance level: {CHANCE_CAUSES}", file=sys.stderr)
+        return 1
     if not args.quiet:
-        print(f"browse it: {outcome.url}")
+        print(f"the frontier: {outcome.parent_url}")
+        print(f"its runs: {outcome.url}")
         print(f"Optuna dashboard: optuna-dashboard {outcome.optuna_storage}")
         print(f"export it with: sparsetune export --experiment {spec.name} --out exported/{spec.name}")
     return 0

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from . import pareto
 
-__all__ = ["Objective", "Frontier", "DENSE_REFERENCE", "finite", "objective_matrix", "objectives_to_json",
+__all__ = ["Objective", "Frontier", "DENSE_REFERENCE", "CHANCE_CAUSES", "at_chance", "finite", "objective_matrix", "objectives_to_json",
            "objectives_from_json", "better"]
 
 # hypervolume reference of a "min" objective: the dense network's value (result.json key)
@@ -87,6 +87,17 @@ def objective_matrix(rows: list[dict], objectives: list[Objective]) -> tuple[np.
     return values, reference
 
 
+CHANCE_CAUSES = ("no better than always answering the most frequent class; likely causes: a learning "
+                 "rate too small or too large (optim.lr), too few epochs, a regularizer strength that "
+                 "zeroes the network, or BatchNorm on tiny inputs or batches")
+
+
+def at_chance(row: dict) -> bool:
+    """A trial whose validation accuracy (test accuracy without a validation split) is at chance
+    level, as the trainer judged it (``val_at_chance`` / ``test_at_chance``)."""
+    return row.get("val_at_chance", row.get("test_at_chance", 0)) == 1
+
+
 @dataclass
 class Frontier:
     """The complete trials of one search, and which are Pareto-optimal."""
@@ -105,6 +116,11 @@ class Frontier:
         modes = [o.mode for o in objectives]
         return cls(rows, objectives, pareto.nondominated_mask(values, modes),
                    pareto.hypervolume(values, modes, reference), list(others or []))
+
+    @property
+    def at_chance(self) -> bool:
+        """Every complete trial is at chance level: the frontier is no result."""
+        return bool(self.rows) and all(at_chance(r) for r in self.rows)
 
     @property
     def points(self) -> list[dict]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from .frontier import finite
+from .frontier import at_chance, finite
 from .spec import SearchSpec
 
 __all__ = ["duration", "eta", "say_start", "summary", "trial_family", "trial_label"]
@@ -42,7 +42,7 @@ def summary(r: dict) -> str:
                      ("flops_compact", "FLOPs {:,.0f}"), ("sparsity", "sparsity {:.0%}")):
         if finite(r.get(key)):
             parts.append(fmt.format(r[key]))
-    return "  ".join(parts)
+    return "  ".join(parts) + ("  (at chance level)" if at_chance(r) else "")
 
 
 def say_start(say: Callable[[str], None], spec: SearchSpec, search_id: str, storage: str, uri: str,

@@ -48,6 +48,18 @@ def find_resumable(storage: str, name: str) -> str:
 
 
 
+def _quiet_libraries() -> None:
+    """Keep the search's own lines readable: Optuna's "A new study created" (one per study, and per
+    importance sub-study), MLflow's table-creation lines, and Ray's note that token authentication
+    is on (it stays on) are logged below the level shown."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+
+
 def _init_ray(address: str | None) -> bool:
     """Join ``address`` ("auto": the cluster this node belongs to), or start a local Ray instance
     of our own (``address="local"``: never attach by accident to another process's cluster)."""
@@ -65,8 +77,9 @@ class SearchOutcome:
     frontier: Frontier  # complete trials, with the pruned / failed / stopped ones in ``others``
     complete: bool  # False when interrupted or stopped by the time budget: resume with --resume
     budget_hit: bool = False  # stopped by the time budget
-    url: str = ""  # the MLflow UI's runs table
+    url: str = ""  # the MLflow UI's runs table (this search's runs)
     optuna_storage: str = ""
+    parent_url: str = ""  # the MLflow UI's page of the parent run (the description and the frontier)
 
     @property
     def failures(self) -> list[tuple[int, str]]:
@@ -87,6 +100,7 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
     optuna_url = resolve_optuna_storage(spec.optuna_storage, uri)
     path = (find_resumable(storage, spec.name) if resume == "latest" else resume) if resume else None
     search_id = Path(path).name if path else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _quiet_libraries()
     started = _init_ray(address)
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
@@ -97,10 +111,14 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
                                        resume_errored=False, restart_errored=False)
             callback = _callback_of(tuner)
             callback.search_alg = _compat.restored_search_alg(tuner)
+            if callback.total != spec.trials:
+                raise SpecError([("trials", f"a resumed search runs the {callback.total} trials it was started "
+                                            f"with; start a new search for {spec.trials}", spec.trials)])
             if time_budget_s is not None:
                 _compat.set_restored_time_budget(tuner, time_budget_s)
                 callback.time_budget_s = time_budget_s
                 ResumableBudget.next_budget_s = time_budget_s
+            budget = callback.time_budget_s  # what the restored search runs with (fresh), not the file's
         else:
             tracker = Tracker(uri, spec.name, search_id, list(spec.objectives), spec_yaml, _search_params(spec),
                               compares=_compares(spec), optuna_storage=optuna_url)
@@ -109,12 +127,20 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
         callback.quiet = quiet
         say_start(callback._say, spec, search_id, storage, uri, optuna_url, callback.tracker.url,
                   resumed=bool(path), budget=budget)
-        tuner.fit()
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C: Tune stops at once, without on_experiment_end
+            callback.complete = False
+            callback.frontier = callback.tracker.finish("KILLED", "interrupted (continue with --resume)")
+            return SearchOutcome(search_id, f"{storage.rstrip('/')}/{search_id}", callback.frontier, complete=False,
+                                 url=callback.tracker.url, optuna_storage=optuna_url,
+                                 parent_url=callback.tracker.parent_url)
         if callback.done:
             log_importances(callback.tracker, optuna_url, search_id, spec, callback._say)
         return SearchOutcome(search_id, f"{storage.rstrip('/')}/{search_id}", callback.frontier,
                              complete=callback.complete, budget_hit=callback.budget_hit,
-                             url=callback.tracker.url, optuna_storage=optuna_url)
+                             url=callback.tracker.url, optuna_storage=optuna_url,
+                             parent_url=callback.tracker.parent_url)
     finally:
         ResumableBudget.next_budget_s = None
         ResumableBudget.reached = False

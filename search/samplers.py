@@ -59,8 +59,14 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
 def make_searcher(spec: SearchSpec, optuna_url: str, study_name: str) -> FullBudgetOptunaSearch:
     """Optuna's sampler behind Ray, with its study in the RDB storage (optuna-dashboard reads it;
     only the driver writes it, so SQLite is enough)."""
+    import warnings
+
     storage = optuna.storages.RDBStorage(optuna_url)
-    return FullBudgetOptunaSearch(space=SpaceDefinition(spec), metric=spec.objective_names(),
-                                  mode=spec.objective_modes(), sampler=make_sampler(spec),
-                                  storage=storage, study_name=study_name)
+    searcher = FullBudgetOptunaSearch(space=SpaceDefinition(spec), metric=spec.objective_names(),
+                                      mode=spec.objective_modes(), sampler=make_sampler(spec),
+                                      storage=storage, study_name=study_name)
+    with warnings.catch_warnings():  # experimental in Optuna 5; optuna-dashboard shows these names
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        _compat.study_of(searcher).set_metric_names(spec.objective_names())
+    return searcher
 

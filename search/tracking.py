@@ -25,13 +25,15 @@ from typing import Any
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from .frontier import Frontier, Objective, better, objective_matrix, objectives_to_json
+from .frontier import CHANCE_CAUSES, Frontier, Objective, better, objective_matrix, objectives_to_json
 from .locations import run_url, runs_url
 from .store import TAG, ClientReader, RunRecord, failure_summary, load_frontier, row_of
 
 __all__ = ["Tracker", "Frontier", "objective_matrix", "ARTIFACTS", "failure_summary"]
 
 ARTIFACTS = ("config.yaml", "result.json", "compact_model.pt")
+ENDED = ("complete", "failed", "pruned", "stopped")  # sparsetune.state of a trial whose end is recorded
+INTERRUPTED = "interrupted"  # sparsetune.state of a trial the search stopped before it ended
 MAX_TAG = 4000
 
 
@@ -166,6 +168,9 @@ class Tracker:
         if found:
             rid = found[0].info.run_id
             self._runs[trial_id] = rid
+            if found[0].data.tags.get(f"{TAG}.state") == INTERRUPTED:  # it goes on now
+                self.client.set_tag(rid, f"{TAG}.state", "running")
+                self.client.update_run(rid, status="RUNNING")
             # what it already holds: a trial resumed from an older checkpoint repeats epochs
             self._steps[rid] = {key: max((m.step for m in self.client.get_metric_history(rid, key)), default=-1)
                                 for key in found[0].data.metrics}
@@ -292,11 +297,27 @@ class Tracker:
             self._logged_at = len(rows)
         return frontier
 
+    def recorded(self, run_id: str) -> bool:
+        """Whether the run's end is recorded (complete, failed, pruned or stopped)."""
+        return self.client.get_run(run_id).data.tags.get(f"{TAG}.state") in ENDED
+
+    def _close_running(self) -> None:
+        """A search that stops before its trials end (Ctrl-C): their runs are KILLED and tagged
+        ``interrupted``, not left RUNNING; a resume reopens them."""
+        for rid in self._runs.values():
+            run = self.client.get_run(rid)
+            if run.info.status == "RUNNING" and run.data.tags.get(f"{TAG}.state") not in ENDED:
+                self.client.set_tag(rid, f"{TAG}.state", INTERRUPTED)
+                self.client.set_tag(rid, f"{TAG}.pareto", "false")
+                self.client.set_terminated(rid, "KILLED")
+
     def finish(self, status: str = "FINISHED", outcome: str = "") -> Frontier:
         """Close the search's parent run: the frontier as ``trials.csv``, ``frontier.csv``,
         ``frontier.html`` and PNG plots, and a markdown description that summarises it.
         Returns the frontier over every trial recorded (with the pruned and failed ones)."""
         self.flush()  # epochs of trials still running (an interrupted search)
+        if status != "FINISHED":
+            self._close_running()
         self._update_frontier()
         frontier = load_frontier(self.reader, self.experiment_id, self.parent_id, self.objectives)
         self._publish(frontier, outcome)
@@ -356,6 +377,8 @@ class Tracker:
                  "reference: " + ", ".join(f"`{o.metric}` {ref:g}" for o, ref in
                                           zip(self.objectives, objective_matrix([], self.objectives)[1])) + ")",
                  "", f"**Pareto frontier** ({int(frontier.mask.sum())} of {len(frontier.rows)} complete trials):", ""]
+        if frontier.at_chance:
+            lines[4:4] = [f"**Every trial is at chance level:** {CHANCE_CAUSES}.", ""]
         metrics = [o.metric for o in self.objectives]
         cols = ["family", "trial", *metrics, *(["test_accuracy"] if "test_accuracy" not in metrics else [])]
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

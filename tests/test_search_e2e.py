@@ -232,8 +232,10 @@ def test_interrupted_search_resumes_without_loss_or_duplicates(tmp_path):
     resumed = _start(["search", str(path), "--resume"], tmp_path)
     out, _ = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, out[-3000:]
-    assert "resuming search" in out
+    assert "resuming search" in out and "6 trials" in out.splitlines()[0]
     assert "optuna-dashboard sqlite:///" in out
+    for noise in ("A new study created", "Creating initial MLflow database", "Token authentication"):
+        assert noise not in "".join(seen) + out, noise
 
     client, parents, children = mlflow_runs(tmp_path)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
@@ -258,6 +260,34 @@ def test_interrupted_search_resumes_without_loss_or_duplicates(tmp_path):
 
     study = optuna.load_study(study_name=parents[0].info.run_name, storage=f"sqlite:///{tmp_path}/optuna.db")
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 6
+
+
+def test_two_ctrl_c_stop_at_once_leave_no_run_running_and_say_how_to_resume(tmp_path):
+    spec_dict = tiny(tmp_path, trials=4, concurrency=2)
+    spec_dict["base"]["data"] = SLOW_DIGITS
+    spec_dict["base"]["optim"]["epochs"] = 500  # minutes: the trials are running when it is stopped
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec_dict))
+    proc = _start(["search", str(path)], tmp_path)
+    seen = []
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:  # both trials running
+        seen.append(line)
+        if "(2 running" in line or time.monotonic() > deadline:
+            break
+    time.sleep(3)  # their runs are open in MLflow
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=180)
+    seen.append(out)
+    text = "".join(seen)
+    assert proc.returncode == 130, text[-3000:]
+    assert f"sparsetune search {path} --resume" in text, text[-3000:]
+    client, [parent], children = mlflow_runs(tmp_path)
+    assert parent.info.status == "KILLED" and len(children) == 2
+    for c in children:
+        assert c.info.status == "KILLED" and c.data.tags[f"{TAG}.state"] == "interrupted"
 
 
 def test_relative_data_path_is_resolved_where_the_search_starts(ray_session, tmp_path, monkeypatch):

@@ -453,3 +453,40 @@ def test_the_printed_links_show_this_search_and_its_parent(tmp_path):
     shown = client.search_runs([first.experiment_id], unquote(query["searchFilter"][0]))
     assert {r.info.run_id for r in shown} == {first.parent_id, first.run_for("a", "cges_a", "cges", {})}
     assert first.parent_url == f"http://127.0.0.1:5000/#/experiments/{first.experiment_id}/runs/{first.parent_id}"
+
+
+def test_the_study_names_its_objectives_for_optuna_dashboard(tmp_path):
+    from search.samplers import make_searcher
+
+    s = spec(objectives=[{"metric": "val_accuracy", "mode": "max"}, {"metric": "flops_compact", "mode": "min"}])
+    make_searcher(s, f"sqlite:///{tmp_path}/o.db", "u-1")
+    study = optuna.load_study(study_name="u-1", storage=f"sqlite:///{tmp_path}/o.db")  # as the dashboard reads it
+    assert study.metric_names == ["val_accuracy", "flops_compact"]
+
+
+def test_a_search_whose_every_trial_is_at_chance_says_so_and_exits_1(tmp_path, monkeypatch, capsys):
+    from search import run as run_module
+    from search.cli import main
+    from search.progress import summary
+
+    tracker = _tracker(tmp_path)
+    for trial, flag in (("a", 1), ("b", 1)):
+        run = tracker.run_for(trial, f"cges_{trial}", "cges", {"regularizer": {"name": "cges"}})
+        tracker.log_result(run, {"epoch": 1, "val_accuracy": 0.1, "params_nonzero": 10.0, "params_total": 100.0,
+                                 "val_at_chance": flag, "val_chance_accuracy": 0.11})
+        frontier = tracker.complete(run, trial, None)
+    assert frontier.at_chance
+    assert "**Every trial is at chance level:** no better than always answering" in tracker.describe(frontier)
+    assert summary({"val_accuracy": 0.1, "val_at_chance": 1}).endswith("(at chance level)")
+    assert "chance" not in summary({"val_accuracy": 0.9, "val_at_chance": 0})
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump({"name": "u", "base": {"data": {"name": "digits"}}, "trials": 2,
+                                         "space": {"optim/lr": {"type": "loguniform", "low": 0.01, "high": 0.3}}}))
+    outcome = run_module.SearchOutcome("u-1", str(tmp_path / "ray"), frontier, complete=True)
+    monkeypatch.setattr(run_module, "run_search", lambda *a, **k: outcome)
+    assert main(["search", str(spec_file)]) == 1
+    assert "error: every trial is at chance level: no better than" in capsys.readouterr().err
+    # one trial that learned: a frontier, not an error
+    outcome.frontier.rows[0]["val_at_chance"] = 0
+    assert not outcome.frontier.at_chance and main(["search", str(spec_file), "--quiet"]) == 0
