@@ -45,3 +45,12 @@ def test_the_import_scan_sees_each_form_of_import(tmp_path):
     probe.write_text("import ray.tune\nfrom optuna import samplers\nimport importlib\n"
                      "importlib.import_module('mlflow.tracking')\nfrom . import sibling\n")
     assert _imported_roots(probe) >= FORBIDDEN and "sibling" not in _imported_roots(probe)
+
+
+def test_the_public_api_of_both_packages_resolves():
+    import search
+    import trainables
+
+    for package in (search, trainables):
+        for name in package.__all__:
+            assert getattr(package, name) is not None, f"{package.__name__}.{name}"
