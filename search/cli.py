@@ -247,19 +247,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sparsetune {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as e:
-        # the training side's error types are looked up only if a command loaded it: `frontier`
-        # and `export` never import trainables (whose package loads torch)
+        from trainables.configbase import ConfigError  # torch-free, as are the two below
+        from trainables.yamlio import YamlError
+
         from .locations import InputError
 
-        train = sys.modules.get("trainables.config")
-        yamlio = sys.modules.get("trainables.yamlio")
-        input_errors = (InputError, *([train.ConfigError] if train else []), *([yamlio.YamlError] if yamlio else []))
-        if isinstance(e, input_errors):
+        if isinstance(e, (InputError, ConfigError, YamlError)):
             print(f"sparsetune {args.command}: error: {e}", file=sys.stderr)
             return 2
-        if "trainables" in sys.modules:
-            from trainables import TrainingDiverged
+        if type(e).__module__.startswith("trainables."):  # raised by the training stack, so it is loaded
             from trainables.data import DataUnavailable
+            from trainables.train import TrainingDiverged
 
             if isinstance(e, TrainingDiverged):
                 print(f"sparsetune {args.command}: training diverged: {e}", file=sys.stderr)

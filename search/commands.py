@@ -12,6 +12,8 @@ import math
 import sys
 from pathlib import Path
 
+from trainables.schema import CONFIG_FILE
+
 __all__ = ["add_subcommands"]
 
 _SEARCH_HELP = """\
@@ -192,7 +194,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     index = []
     for rank, row in enumerate(chosen):
         # the trial's own config.yaml, byte for byte: TrialConfig.to_dict() of exactly what it ran
-        local = reader.download(row["run_id"], "config.yaml", out / f".dl{rank}")
+        local = reader.download(row["run_id"], CONFIG_FILE, out / f".dl{rank}")
         name = f"rank{rank}_{row['regularizer']}_{row['trial_id']}.yaml"
         header = (f"# exported from MLflow run {row['run_id']} (search {parent.run_name}, trial "
                   f"{row['trial_id']})\n# " + ", ".join(f"{o.metric}={row.get(o.metric)}" for o in frontier.objectives)

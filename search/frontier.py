@@ -22,16 +22,12 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
+from trainables.schema import DENSE_REFERENCE
+
 from . import pareto
 
-__all__ = ["Objective", "Frontier", "DENSE_REFERENCE", "CHANCE_CAUSES", "at_chance", "finite", "objective_matrix", "objectives_to_json",
+__all__ = ["Objective", "Frontier", "CHANCE_CAUSES", "at_chance", "finite", "objective_matrix", "objectives_to_json",
            "objectives_from_json", "better"]
-
-# hypervolume reference of a "min" objective: the dense network's value (result.json key)
-DENSE_REFERENCE = {"params_nonzero": "params_total", "params_unique": "params_total",
-                   "weights_nonzero": "params_total", "flops_compact": "flops_dense",
-                   "flops_sparse": "flops_dense"}
-
 
 class Objective(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from trainables.schema import EPOCH_COUNTERPART
+
 from .frontier import finite
 from .pareto import pareto_ranks, to_minimization
 from .space import max_epochs
@@ -48,29 +50,9 @@ if TYPE_CHECKING:
 __all__ = ["EPOCH_OBJECTIVE", "MOASHAScheduler", "crowding_distance", "epoch_objective", "make_scheduler",
            "rung_milestones"]
 
-# Final objective (result.json) -> what every epoch reports for it (trainables/train.py).
-#   params_nonzero, params_unique -> weights_nonzero: non-zero entries of the current (uncompacted)
-#       weights; at least params_nonzero (compaction only removes more), counted in one pass.
-#   sparsity -> weights_sparsity: 1 - weights_nonzero / params_total.
-#   flops_compact, flops_sparse -> flops_estimate: per layer, dense FLOPs x live inputs x live
-#       outputs (README, "What the numbers mean"); at least flops_compact, in one pass. Compacting
-#       the network every epoch would cost as much as a small epoch.
-# Per-epoch metrics stand for themselves. Objectives missing here (params_total, flops_dense,
-# compression_rate, param_sharing) have no cheap per-epoch value: the spec rejects them for moasha.
-EPOCH_OBJECTIVE = {
-    "val_accuracy": "val_accuracy",
-    "val_loss": "val_loss",
-    "train_accuracy": "train_accuracy",
-    "train_loss": "train_loss",
-    "penalty": "penalty",
-    "weights_nonzero": "weights_nonzero",
-    "weights_sparsity": "weights_sparsity",
-    "params_nonzero": "weights_nonzero",
-    "params_unique": "weights_nonzero",
-    "sparsity": "weights_sparsity",
-    "flops_compact": "flops_estimate",
-    "flops_sparse": "flops_estimate",
-}
+# Final objective (result.json) -> what every epoch reports for it (trainables.schema); the spec
+# rejects objectives missing there for moasha.
+EPOCH_OBJECTIVE = EPOCH_COUNTERPART
 
 
 def epoch_objective(metric: str) -> str:

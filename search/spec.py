@@ -36,9 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trainables.config import REGULARIZER_PARAMS, ConfigError, TrialConfig, _FieldError, _from_validation_error, flatten
 from trainables.configbase import _Strict as _ClosedConfig
+from trainables.schema import DENSE_REFERENCE, EPOCH_COUNTERPART, EPOCH_METRICS, RESULT_METRICS
 from trainables.yamlio import load_yaml
 
-from .frontier import DENSE_REFERENCE, Objective
+from .frontier import Objective
 from .locations import resolve_optuna_storage, resolve_storage, resolve_tracking_uri
 
 __all__ = [
@@ -52,19 +53,9 @@ __all__ = [
     "SearchSpec",
     "load_spec",
     "SECTIONS",
-    "RESULT_METRICS",
-    "EPOCH_METRICS",
 ]
 
 SECTIONS = ("seed", "device", "data", "model", "optim", "regularizer", "tying")
-# Numeric keys of result.json that can be objectives (never the test set: the search must not
-# see it) and the keys reported every epoch (what an early-stopping scheduler can watch).
-EPOCH_METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss", "penalty",
-                 "weights_nonzero", "weights_sparsity")
-RESULT_METRICS = EPOCH_METRICS + (
-    "params_total", "params_nonzero", "params_unique", "sparsity", "compression_rate",
-    "param_sharing", "flops_dense", "flops_compact", "flops_sparse",
-)
 DEFAULT_OBJECTIVES = [
     {"metric": "val_accuracy", "mode": "max"},
     {"metric": "params_nonzero", "mode": "min"},
@@ -502,12 +493,11 @@ def _check_structure(spec: SearchSpec, problems: list) -> None:
     if len(set(names)) != len(names):
         problems.append(("objectives", "an objective is listed twice", names))
     if spec.scheduler is not None and spec.scheduler.type == "moasha":
-        from .schedulers import EPOCH_OBJECTIVE  # imports Ray, so only for moasha specs
 
         for i, o in enumerate(spec.objectives):
-            if o.metric in RESULT_METRICS and o.metric not in EPOCH_OBJECTIVE:
+            if o.metric in RESULT_METRICS and o.metric not in EPOCH_COUNTERPART:
                 problems.append((f"objectives.{i}.metric", "scheduler moasha needs objectives with a per-epoch "
-                                                           f"counterpart; valid: {sorted(EPOCH_OBJECTIVE)}", o.metric))
+                                                           f"counterpart; valid: {sorted(EPOCH_COUNTERPART)}", o.metric))
     if spec.tracking_uri is not None:
         try:
             resolve_tracking_uri(spec.tracking_uri)

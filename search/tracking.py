@@ -25,13 +25,14 @@ from typing import Any
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
+from trainables.schema import ARTIFACTS
+
 from .frontier import CHANCE_CAUSES, Frontier, Objective, better, objective_matrix, objectives_to_json
 from .locations import run_url, runs_url
 from .store import TAG, ClientReader, RunRecord, failure_summary, load_frontier, row_of
 
 __all__ = ["Tracker", "Frontier", "objective_matrix", "ARTIFACTS", "failure_summary"]
 
-ARTIFACTS = ("config.yaml", "result.json", "compact_model.pt")
 ENDED = ("complete", "failed", "pruned", "stopped")  # sparsetune.state of a trial whose end is recorded
 INTERRUPTED = "interrupted"  # sparsetune.state of a trial the search stopped before it ended
 MAX_TAG = 4000

@@ -276,7 +276,8 @@ def test_one_hypervolume_with_a_reference_everywhere(tmp_path, monkeypatch, caps
 
 @pytest.mark.parametrize("command", ["frontier", "export"])
 def test_frontier_and_export_load_neither_torch_nor_ray_nor_mlflow(tmp_path, command):
-    """They start in about a second: a SQLite store is read without MLflow (search/store.py)."""
+    """They start in about a second: a SQLite store is read without MLflow (search/store.py); of the
+    training side they load only the torch-free trainables.schema."""
     tracker = _tracker(tmp_path)
     run = tracker.run_for("a", "cges_a", "cges", {"regularizer": {"name": "cges"}})
     tracker.log_result(run, {"epoch": 1, "val_accuracy": 0.9, "params_nonzero": 10.0, "params_total": 100.0})
@@ -287,7 +288,8 @@ def test_frontier_and_export_load_neither_torch_nor_ray_nor_mlflow(tmp_path, com
     extra = ", '--out', 'exported'" if command == "export" else ""
     code = ("import sys; from search.cli import main; "
             f"rc = main(['{command}', '--experiment', 'exp', '--tracking-uri', 'sqlite:///{tmp_path}/m.db'{extra}]); "
-            "heavy = sorted(m for m in ('torch', 'ray', 'trainables', 'optuna', 'mlflow', 'sqlalchemy', 'pandas') "
+            "heavy = sorted(m for m in ('torch', 'ray', 'trainables.config', 'trainables.train', 'optuna', 'mlflow', "
+            "'sqlalchemy', 'pandas') "
             "if m in sys.modules); print('LOADED', heavy, rc)")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)

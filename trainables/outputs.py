@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from .compact import save_compact
+from .schema import CONFIG_FILE, MODEL_FILE, RESULT_FILE
 from .train import Result
 
 __all__ = ["save_run", "jsonable", "CONFIG_FILE", "RESULT_FILE", "MODEL_FILE"]
 
-CONFIG_FILE, RESULT_FILE, MODEL_FILE = "config.yaml", "result.json", "compact_model.pt"
 
 
 def jsonable(value: Any) -> Any:
