@@ -205,7 +205,8 @@ class _Trainer:
         if self.pruner is not None:  # gradual pruning: new masks on the pruner's schedule
             keep = self.pruner.prune([layer.module.weight for layer in self.layers],
                                      [self.masks.get(layer.name) for layer in self.layers],
-                                     step=step, steps_per_epoch=self.steps_per_epoch)
+                                     step=step, steps_per_epoch=self.steps_per_epoch,
+                                     conv_groups=[conv_groups(layer.module) for layer in self.layers])
             for layer, mask in zip(self.layers, keep or []):
                 self.masks[layer.name] = mask.to(layer.module.weight.dtype).contiguous()
             return

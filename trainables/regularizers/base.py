@@ -93,10 +93,11 @@ class Pruner(Regularizer):
         return W.clone()  # no proximal step: the masks do the work
 
     def prune(self, weights: list[torch.Tensor], keep: list[torch.Tensor | None], *, step: int,
-              steps_per_epoch: int) -> list[torch.Tensor] | None:
+              steps_per_epoch: int, conv_groups: list[int] | None = None) -> list[torch.Tensor] | None:
         """The new keep masks (bool, one per weight, its shape) after optimizer step ``step``, or
         ``None`` when this step prunes nothing. ``keep`` holds the current masks (non-zero = kept;
-        ``None`` = nothing pruned yet); a pruned weight is never kept again."""
+        ``None`` = nothing pruned yet); a pruned weight is never kept again. ``conv_groups`` is
+        each weight's layer's ``groups`` (``trainables.groups.conv_groups``; ``None``: all 1)."""
         raise NotImplementedError(f"pruner {self.name!r} does not implement prune()")
 
 

@@ -37,16 +37,16 @@ class ChannelMagnitude(GradualPruner):
     name = "channel_magnitude"
     config = ChannelMagnitudeConfig
 
-    def units(self, W: torch.Tensor, keep: torch.Tensor | None, ranked_globally: bool
+    def units(self, W: torch.Tensor, keep: torch.Tensor | None, ranked_globally: bool, *, g: int
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        G = to_groups(W.detach(), self.groups)
+        G = to_groups(W.detach(), self.groups, g)
         norms = torch.linalg.vector_norm(G, dim=1)
         if ranked_globally:
             norms = norms / math.sqrt(G.shape[1])
         if keep is None:
             return norms, torch.zeros(G.shape[0], dtype=torch.bool, device=W.device)
-        return norms, to_groups(keep, self.groups).eq(0).all(dim=1)
+        return norms, to_groups(keep, self.groups, g).eq(0).all(dim=1)
 
-    def mask(self, W: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
-        G = (~pruned).unsqueeze(1).expand(-1, to_groups(W, self.groups).shape[1])
-        return from_groups(G, W.shape, self.groups)
+    def mask(self, W: torch.Tensor, pruned: torch.Tensor, *, g: int) -> torch.Tensor:
+        G = (~pruned).unsqueeze(1).expand(-1, to_groups(W, self.groups, g).shape[1])
+        return from_groups(G, W.shape, self.groups, g)
