@@ -65,3 +65,206 @@ def test_channel_magnitude_on_grouped_convs_prunes_the_scheduled_groups(grouping
         # whole groups: every row all kept or all pruned, and half of them pruned (not the layer)
         assert bool((G.all(1) | ~G.any(1)).all())
         assert int((~G.any(1)).sum()) == G.shape[0] // 2
+
+
+# ----------------------------------------------------------------------------- channel groups
+
+from trainables.channels import channel_groups, following_norms, silence_filters, trace  # noqa: E402
+from trainables.config import ConfigError  # noqa: E402
+from trainables.regularizers import ChannelLayerRegularizer, build_layer_regularizers  # noqa: E402
+
+from compact_nets import UserNet  # noqa: E402  (residual add + concat + BN)
+
+
+class BNNet(nn.Module):
+    input_shape = (3, 6, 6)
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6 * 36, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        return self.fc(torch.relu(self.bn2(self.conv2(x))).flatten(1))
+
+
+class DepthwiseNet(nn.Module):
+    input_shape = (3, 6, 6)
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+        self.bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.bn_dw = nn.BatchNorm2d(8)
+        self.pw = nn.Conv2d(8, 6, 1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn_dw(self.dw(torch.relu(self.bn(self.conv(x))))))
+        return self.fc(torch.relu(self.pw(x)).mean((2, 3)))
+
+
+class UserNetShaped(UserNet):
+    input_shape = (3, 6, 6)
+
+
+NETS = {"bn": BNNet, "depthwise": DepthwiseNet, "residual_concat": UserNetShaped}
+
+
+def _randomize_stats(net: nn.Module) -> None:
+    """Running statistics far from (0, 1), as after training: an un-silenced zero filter shows."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g))
+
+
+def _make(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    net = NETS[kind]()
+    _randomize_stats(net)
+    return net.eval()
+
+
+def _channels(net: nn.Module) -> int:
+    return sum(m.out_channels if isinstance(m, nn.Conv2d) else 0 for m in net.modules())
+
+
+def _agree(net: nn.Module) -> nn.Module:
+    """The compact network, checked: it computes what the masked network computes in eval mode."""
+    small = compact(net, net.input_shape)
+    x = torch.randn(5, *net.input_shape, generator=torch.Generator().manual_seed(2))
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), net(x), rtol=1e-4, atol=1e-5)
+    return small
+
+
+@pytest.mark.parametrize("kind", sorted(NETS))
+def test_zeroed_channel_groups_are_removed_by_compaction(kind):
+    net = _make(kind)
+    groups, skipped = channel_groups(net, net.input_shape)
+    assert "fc" in skipped  # the logits form no group
+    before = _channels(net)
+    zeroed = 0
+    for g in groups:
+        dead = torch.arange(g.n) % 2 == 0
+        g.zero(dead)
+        assert g.matrix()[dead].eq(0).all() and g.matrix()[~dead].ne(0).any(1).all()
+        zeroed += int(dead.sum())
+    small = _agree(net)
+    # depthwise filters and their producer's filters are one channel: each zeroed group removes
+    # its channel from every conv it spans, so the compact net lost at least `zeroed` channels
+    assert before - _channels(small) >= zeroed
+
+
+FAMILIES = {
+    "group_lasso": {"name": "group_lasso", "lam": 50.0},
+    "cges": {"name": "cges", "lam": 50.0, "mu": 0.5},
+    "growl": {"name": "growl", "p": 0.5, "lambda1": 50.0, "lambda2": 1.0},
+    "exclusive_lasso": {"name": "exclusive_lasso", "lam": 50.0},
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("kind", sorted(NETS))
+def test_every_family_on_channel_groups_masked_eval_equals_compacted_eval(family, kind):
+    net = _make(kind)
+    cfg = _reg_cfg({**FAMILIES[family], "groups": "channel"})
+    layers = build_layer_regularizers(cfg, net, net.input_shape)
+    assert layers and all(isinstance(l, ChannelLayerRegularizer) for l in layers)
+    norms = [torch.linalg.vector_norm(l.groups(), dim=1) for l in layers]
+    step = float(torch.cat(norms).median()) / 50.0  # strong enough to zero some whole channels
+    for l in layers:
+        l.apply_prox(step)
+    rows = torch.cat([l.groups().ne(0).any(1) for l in layers])
+    if family != "exclusive_lasso":  # exclusive lasso never zeroes a whole group
+        assert (~rows).any()
+    small = _agree(net)
+    if (~rows).any():
+        assert _channels(small) < _channels(net)
+
+
+def _reg_cfg(data: dict):
+    from trainables import TrialConfig
+    return TrialConfig.from_dict({"device": "cpu", "model": {"name": "mlp", "hidden": [8]},
+                                  "regularizer": data}).regularizer
+
+
+def test_channel_grouping_on_an_untraceable_selection_is_a_one_line_config_error():
+    net = _make("bn")
+    cfg = _reg_cfg({"name": "group_lasso", "groups": "channel", "layers": ["fc"]})
+    with pytest.raises(ConfigError) as e:
+        build_layer_regularizers(cfg, net, net.input_shape)
+    assert "regularizer.groups" in str(e.value) and "channel" in str(e.value)
+    assert "\n" not in str(e.value).strip()
+
+
+def test_tying_with_channel_groups_is_a_config_error():
+    with pytest.raises(ConfigError, match="regularizer.groups"):
+        from trainables import TrialConfig
+        TrialConfig.from_dict({"model": {"name": "mlp", "hidden": [8]},
+                               "regularizer": {"name": "growl", "groups": "channel"},
+                               "tying": {"enabled": True}})
+
+
+# ----------------------------------------------------------------------------- filter masks
+
+
+def test_zeroed_filter_silences_its_bias_and_batchnorm_channel():
+    net = _make("bn")
+    dead = torch.zeros(8, dtype=torch.bool)
+    dead[[1, 4, 6]] = True
+    with torch.no_grad():
+        net.conv.weight[dead] = 0  # what a filter mask does to the weight alone
+    x = torch.randn(4, 3, 6, 6)
+    with torch.no_grad():
+        assert net.bn(net.conv(x))[:, dead].abs().amax() > 0.1  # the bug: the BN channel is not 0
+    norms = following_norms(trace(net, net.input_shape), [net.conv])
+    assert norms[net.conv] == [net.bn]
+    silence_filters(net.conv, norms[net.conv], dead)
+    with torch.no_grad():
+        assert net.bn(net.conv(x))[:, dead].eq(0).all()
+        assert net.bn(net.conv(x))[:, ~dead].ne(0).any()
+    small = _agree(net)
+    assert small.net.conv.out_channels == 8 - int(dead.sum())
+
+
+def test_channel_magnitude_on_conv_bn_keeps_eval_equal_to_compacted_and_train_mode():
+    """Training with channel_magnitude (filter and channel groups): the masked network in eval
+    mode equals the compact one, and zeroed channels output exactly 0 after their BatchNorm."""
+    for groups in ("filter", "channel"):
+        net = _make("bn")
+        layers = build_layer_regularizers(_reg_cfg({"name": "channel_magnitude", "groups": groups,
+                                                    "final": 0.5, "end_epoch": 1, "every": 1}),
+                                          net, net.input_shape)
+        pruner = layers[0].regularizer
+        rows = groups == "channel"
+        keep = pruner.prune([l.groups() if rows else l.module.weight for l in layers], [None] * len(layers),
+                            step=0, steps_per_epoch=1, conv_groups=[conv_groups(l.module) for l in layers])
+        norms = following_norms(trace(net, net.input_shape), [l.module for l in layers])
+        for l, k in zip(layers, keep):
+            if rows:
+                l.zero(~k.any(1))
+            else:
+                with torch.no_grad():
+                    l.module.weight.mul_(k)
+                silence_filters(l.module, norms[l.module], ~k.reshape(k.shape[0], -1).any(1))
+        dead = ~keep[0].reshape(keep[0].shape[0], -1).any(1)
+        assert int(dead.sum()) == 4
+        x = torch.randn(6, 3, 6, 6)
+        with torch.no_grad():
+            assert net.bn(net.conv(x))[:, dead].eq(0).all()
+            net.train()
+            assert net.bn(net.conv(x))[:, dead].eq(0).all()  # train mode agrees (batch stats)
+            net.eval()
+        small = _agree(net)
+        assert small.net.conv.out_channels == 4
