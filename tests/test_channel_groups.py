@@ -268,3 +268,71 @@ def test_channel_magnitude_on_conv_bn_keeps_eval_equal_to_compacted_and_train_mo
             net.eval()
         small = _agree(net)
         assert small.net.conv.out_channels == 4
+
+
+# ----------------------------------------------------------------------------- GroupNorm
+
+
+class GNNet(nn.Module):
+    input_shape = (3, 6, 6)
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.gn = nn.GroupNorm(4, 8)  # 4 groups of 2 channels
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.gn(self.conv(x)))
+        return self.fc(torch.relu(self.conv2(x)).mean((2, 3)))
+
+
+def _conv_group(net: GNNet):
+    groups, _ = channel_groups(net, net.input_shape)
+    return next(g for g in groups if g.root is net.conv)
+
+
+def _gn_net() -> GNNet:
+    torch.manual_seed(0)
+    net = GNNet().eval()
+    with torch.no_grad():
+        net.gn.bias.normal_()
+    return net
+
+
+def test_groupnorm_compacts_whole_norm_groups():
+    net = _gn_net()
+    cg = _conv_group(net)
+    cg.zero(torch.tensor([0, 0, 1, 1, 0, 0, 1, 1], dtype=torch.bool))  # norm groups 1 and 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # whole groups: nothing to warn about
+        small = _agree(net)
+    assert small.net.gn.num_channels == 4 and small.net.gn.num_groups == 2
+    assert small.net.conv.out_channels == 4 and small.net.conv2.in_channels == 4
+
+
+def test_groupnorm_partial_group_is_kept_with_a_warning_naming_the_layer():
+    net = _gn_net()
+    cg = _conv_group(net)
+    cg.zero(torch.tensor([0, 0, 1, 1, 1, 0, 0, 0], dtype=torch.bool))  # group 1 whole, half of group 2
+    with pytest.warns(UserWarning, match=r"GroupNorm layer 'gn'") as record:
+        small = _agree(net)
+    assert len([w for w in record if "GroupNorm" in str(w.message)]) == 1
+    assert small.net.gn.num_channels == 6 and small.net.gn.num_groups == 3
+
+
+def test_groupnorm_compact_model_saves_and_loads(tmp_path):
+    from trainables.compact import load_compact, save_compact
+    from trainables.data import DataSpec
+
+    net = _gn_net()
+    cg = _conv_group(net)
+    cg.zero(torch.tensor([1, 1, 0, 0, 0, 0, 0, 0], dtype=torch.bool))
+    small = _agree(net)
+    save_compact(tmp_path / "m.pt", small, spec=DataSpec((3, 6, 6), 4), build=_gn_net)
+    loaded = load_compact(tmp_path / "m.pt", build=_gn_net)
+    x = torch.randn(3, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), small(x))
+    assert loaded.net.gn.num_groups == 3
