@@ -336,3 +336,56 @@ def test_groupnorm_compact_model_saves_and_loads(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), small(x))
     assert loaded.net.gn.num_groups == 3
+
+
+# ----------------------------------------------------------------------------- in training
+
+
+@pytest.mark.parametrize("reg", [
+    {"name": "channel_magnitude", "groups": "filter", "final": 0.5, "every": 1},
+    {"name": "channel_magnitude", "groups": "channel", "final": 0.5, "every": 1},
+    {"name": "group_lasso", "groups": "channel", "lam": 6.0},  # zeroes conv2's channels
+], ids=["channel_magnitude-filter", "channel_magnitude-channel", "group_lasso-channel"])
+def test_fit_conv_bn_pruned_eval_equals_compacted_eval(reg, tmp_path, monkeypatch):
+    """Trained with BatchNorm after the pruned convs: the masked network in eval mode equals the
+    compact one, whose convs lost the pruned channels (the trainer's own masks, not the test's)."""
+    import numpy as np
+
+    from trainables import TrialConfig, fit
+
+    gen = np.random.default_rng(0)
+    X = gen.normal(size=(64, 3, 6, 6)).astype(np.float32)
+    y = (X[:, 0].mean((1, 2)) > 0).astype(np.int64)
+    np.savez(tmp_path / "images.npz", X=X, y=y)
+    monkeypatch.chdir(tmp_path)
+    cfg = TrialConfig.from_dict({
+        "device": "cpu", "seed": 0,
+        "data": {"name": "arrays", "path": "images.npz", "test_fraction": 0.25},
+        "model": {"name": "python", "factory": "compact_nets:bn_conv_net"},
+        "optim": {"name": "sgd", "lr": 0.1, "epochs": 2, "batch_size": 16},
+        "regularizer": {**reg, "layers": ["conv1", "conv2"]}})
+    result = fit(cfg)
+    net = result.model.eval()
+    x = torch.randn(5, 3, 6, 6, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(result.compact_model(x), net(x), rtol=1e-4, atol=1e-5)
+        zero = net.conv1.weight.reshape(8, -1).eq(0).all(1)
+        if reg["name"] == "channel_magnitude":
+            assert int(zero.sum()) == 4  # final 0.5 of 8 filters
+        dead_total = 0
+        for conv, bn in ((net.conv1, net.bn1), (net.conv2, net.bn2)):
+            dead = conv.weight.reshape(conv.out_channels, -1).eq(0).all(1)
+            dead_total += int(dead.sum())
+            assert net_bn_out(conv, bn, x if conv is net.conv1 else None, net)[:, dead].eq(0).all()
+    small = result.compact_model.net
+    assert dead_total > 0
+    assert small.conv1.out_channels <= 8 - int(zero.sum())
+    assert small.conv1.out_channels + small.conv2.out_channels <= 16 - dead_total + 1  # one kept at least
+
+
+def net_bn_out(conv, bn, x, net):
+    """BN output of ``conv``'s channels in eval mode (conv2's input computed through conv1)."""
+    if x is None:
+        x = torch.randn(5, 3, 6, 6)
+        x = torch.relu(net.bn1(net.conv1(x)))
+    return bn(conv(x))

@@ -187,8 +187,13 @@ class _Trainer:
         # groups: filter -> a dead filter also silences its bias and following norm channel
         self.norms_after: dict[str, list[nn.Module]] = {}
         if cfg.regularizer.groups == "filter" and self.layers and cfg.regularizer.sparsifying:
-            after = following_norms(trace(self.model, self.data.spec.input_shape), [l.module for l in self.layers])
-            self.norms_after = {l.name: after[l.module] for l in self.layers}
+            try:
+                after = following_norms(trace(self.model, self.data.spec.input_shape), [l.module for l in self.layers])
+                self.norms_after = {l.name: after[l.module] for l in self.layers}
+            except Exception as e:  # noqa: BLE001 - an untraceable model: weights are still masked
+                warnings.warn(f"groups: filter: cannot trace {type(self.model).__name__} to find the norm "
+                              f"layers after its filters ({type(e).__name__}: {e}); a zeroed filter's bias "
+                              "and norm channel are not zeroed", stacklevel=2)
         self.optimizer = _make_optimizer(cfg, self.model.parameters(), cfg.optim.lr)
         self.scheduler = _make_scheduler(cfg, self.optimizer)
         self.masks: dict[str, torch.Tensor] = {}  # element masks of layers with dead groups
