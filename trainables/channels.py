@@ -70,13 +70,42 @@ class ChannelGroup:
     norms: list[nn.Module] = field(default_factory=list)  # BatchNorm/GroupNorm layers in the group
     norm_idxs: list[torch.Tensor] = field(default_factory=list)
 
-    def matrix(self) -> torch.Tensor:
-        """``[n, members]``: every trainable parameter entry of each channel (differentiable)."""
+    # with a GroupNorm in the group: one row per norm group (its channels, in ``order``)
+    order: torch.Tensor | None = None
+    per_row: int = 1
+
+    @property
+    def rows(self) -> int:
+        """Rows of :meth:`matrix`: channels, or whole GroupNorm groups (a GroupNorm only loses
+        whole groups, so those are the units that can go)."""
+        return self.n // self.per_row
+
+    def _channels(self) -> torch.Tensor:
         return torch.cat([s.rows(self.n) for s in self.slices], dim=1)
+
+    def matrix(self) -> torch.Tensor:
+        """``[rows, members]``: every trainable parameter entry of each channel (or norm group of
+        channels), differentiable."""
+        M = self._channels()
+        if self.order is None:
+            return M
+        return M.index_select(0, self.order.to(M.device)).reshape(self.rows, -1)
+
+    def channel_mask(self, dead: torch.Tensor) -> torch.Tensor:
+        """Per row (``[rows]``) to per root channel (``[n]``)."""
+        if self.order is None:
+            return dead
+        out = torch.zeros(self.n, dtype=torch.bool, device=dead.device)
+        out[self.order.to(dead.device)] = dead.repeat_interleave(self.per_row)
+        return out
 
     @torch.no_grad()
     def write(self, M: torch.Tensor) -> None:
-        """Write a ``[n, members]`` matrix (e.g. a proximal step of :meth:`matrix`) back."""
+        """Write a ``[rows, members]`` matrix (e.g. a proximal step of :meth:`matrix`) back."""
+        if self.order is not None:
+            C = torch.empty_like(M.reshape(self.n, -1))
+            C[self.order.to(M.device)] = M.reshape(self.n, -1)
+            M = C
         start = 0
         for s in self.slices:
             k = s.rows(self.n).shape[1]
@@ -85,11 +114,20 @@ class ChannelGroup:
 
     @torch.no_grad()
     def zero(self, dead: torch.Tensor) -> None:
-        """Zero the channels ``dead`` (bool ``[n]``) in every member, and reset their BatchNorm
+        """Zero the rows ``dead`` (bool ``[rows]``) in every member, and reset their BatchNorm
         running statistics (mean 0, var 1), so a zeroed channel outputs exactly 0 in eval mode."""
-        M = self.matrix().detach().clone()
-        M[dead.to(M.device)] = 0
-        self.write(M)
+        self.zero_channels(self.channel_mask(dead.to(torch.bool)))
+
+    @torch.no_grad()
+    def zero_channels(self, dead: torch.Tensor) -> None:
+        """:meth:`zero` per root channel (bool ``[n]``), whatever the rows."""
+        order, self.order = self.order, None  # write per channel
+        try:
+            M = self._channels().detach().clone()
+            M[dead.to(M.device)] = 0
+            self.write(M)
+        finally:
+            self.order = order
         for bn, idxs in zip(self.norms, self.norm_idxs):
             if isinstance(bn, _BN) and bn.running_mean is not None:
                 rows = idxs.view(self.n, -1)[dead.to(idxs.device)].flatten().to(bn.running_mean.device)
@@ -152,7 +190,26 @@ def _group(graph: tp.DependencyGraph, group, names: dict[nn.Module, str]) -> tup
                 continue
             seen.add((id(m), p, dim))
             cg.slices.append(_Slice(m, p, dim, idxs, per))
+    _norm_group_rows(cg)
     return cg, ""
+
+
+def _norm_group_rows(cg: ChannelGroup) -> None:
+    """Rows of whole GroupNorm groups when the group holds exactly one GroupNorm whose every norm
+    group lies in it (else one row per channel, and compaction warns about partial groups)."""
+    gns = [(m, idxs) for m, idxs in zip(cg.norms, cg.norm_idxs) if isinstance(m, nn.GroupNorm)]
+    if len(gns) != 1:
+        return
+    gn, idxs = gns[0]
+    per = gn.num_channels // gn.num_groups
+    if per == 1 or len(idxs) != cg.n:
+        return
+    group_of = idxs // per  # per root channel (idxs sorted by root)
+    counts = torch.bincount(group_of, minlength=gn.num_groups)
+    if not bool(((counts == 0) | (counts == per)).all()):
+        return
+    cg.order = torch.sort(group_of, stable=True).indices
+    cg.per_row = per
 
 
 def channel_groups(model: nn.Module, input_shape: tuple[int, ...], roots: list[nn.Module] | None = None,

@@ -315,7 +315,7 @@ def _plan(graph: tp.DependencyGraph, group: Any, calls: dict[nn.Module, int], sn
         removable = _norm_groups(items, removable, n)  # before the folds: only what goes is folded
         if removable.all():
             removable[0] = False
-            removable = _norm_groups(items, removable, n)
+            removable = _norm_groups(items, removable, n, warn=False)
         for it in consumers:  # fold what is removed as a constant into Linear biases
             if not isinstance(it.module, nn.Linear):
                 continue
@@ -324,20 +324,21 @@ def _plan(graph: tp.DependencyGraph, group: Any, calls: dict[nn.Module, int], sn
             pick = (removable & constant)[roots] & snap.cols(it.module)[idxs]
             if pick.any():
                 folds.append((it.module, idxs[pick], inputs[it.module][0, idxs[pick]]))
+    removable = _norm_groups(items, removable, n)
     if removable.all():
         removable[0] = False  # keep one channel: no zero-sized layers
-    removable = _norm_groups(items, removable, n)
+        removable = _norm_groups(items, removable, n, warn=False)  # its whole norm group stays
     return removable.nonzero().flatten().tolist(), folds
 
 
-def _norm_groups(items: list[_Item], removable: torch.Tensor, n: int) -> torch.Tensor:
+def _norm_groups(items: list[_Item], removable: torch.Tensor, n: int, warn: bool = True) -> torch.Tensor:
     for it in items:
         if it.role == "norm_groups":
-            removable = removable & _whole_norm_groups(it, removable, n)
+            removable = removable & _whole_norm_groups(it, removable, n, warn)
     return removable
 
 
-def _whole_norm_groups(it: _Item, removable: torch.Tensor, n: int) -> torch.Tensor:
+def _whole_norm_groups(it: _Item, removable: torch.Tensor, n: int, warn: bool = True) -> torch.Tensor:
     """``[n]`` bool: the root channels whose GroupNorm channels of ``it`` fill whole norm groups
     that are removable entirely (a GroupNorm can only lose whole groups: the others' statistics
     stay the same). Zero channels that do not fill a norm group are kept, with a warning (once
@@ -352,7 +353,7 @@ def _whole_norm_groups(it: _Item, removable: torch.Tensor, n: int) -> torch.Tens
     ok = torch.ones(n, dtype=torch.bool, device=removable.device)
     ok[roots[~whole[idxs]]] = False
     blocked = removable & ~ok
-    if blocked.any() and not getattr(gn, "_sparsetune_warned", False):
+    if warn and blocked.any() and not getattr(gn, "_sparsetune_warned", False):
         gn._sparsetune_warned = True
         name = getattr(gn, "_sparsetune_name", type(gn).__name__)
         warnings.warn(f"compaction keeps {int(blocked.sum())} zeroed channel(s) at GroupNorm layer {name!r}: "
