@@ -42,3 +42,25 @@ def tiny_net(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     for d in input_shape:
         width *= d
     return nn.Sequential(nn.Flatten(), nn.Linear(width, num_classes))
+
+
+class BNConvNet(nn.Module):
+    """conv -> BN -> ReLU -> conv -> BN -> ReLU -> global pooling -> Linear (tests/test_channel_groups.py)."""
+
+    def __init__(self, in_channels: int, num_classes: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def bn_conv_net(input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """A ``model: {name: python, factory: "compact_nets:bn_conv_net"}`` factory."""
+    return BNConvNet(input_shape[0], num_classes)

@@ -30,12 +30,16 @@ elsewhere), so passes over the groups repeat until nothing changes. The network'
 removed (channels that reach a graph output are protected), and a group never loses its last channel.
 
 Where the graph gives no exact answer the channels are kept: groups touching a layer Torch-Pruning
-can shrink but this module cannot reason about exactly (LayerNorm, GroupNorm, PReLU, embeddings,
+can shrink but this module cannot reason about exactly (LayerNorm, PReLU, embeddings,
 attention, recurrent layers, grouped convolutions other than depthwise, transposed convolutions,
 bare ``nn.Parameter`` s, split/slice/expand ops, or a layer called more than once). A depthwise
 convolution is a channel-wise link inside a group (its filter ``j`` reads only channel ``j``), so
 zeroing a depthwise filter alone does not remove the channel (a known limitation: sound, not
 complete).
+
+A ``GroupNorm`` loses whole norm groups only (``num_groups`` shrinks with ``num_channels``; the
+other groups' statistics are unchanged): removable channels that do not fill a norm group are
+kept, with a warning (once per layer and compaction) naming the layer.
 
 A model cannot be compacted when tracing fails or when some layer with parameters is not reached by
 the traced forward pass (data-dependent control flow, unused modules): :func:`check_compactable`
@@ -91,7 +95,8 @@ FORMAT = "sparsetune.compact/2"
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _MIXING = (nn.Linear,) + _CONV
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_SHAPED = _MIXING + _BN
+_GN = nn.GroupNorm
+_SHAPED = _MIXING + _BN + (_GN,)
 _OP = tp.ops.OPTYPE
 _STRUCTURE = {_OP.ELEMENTWISE, _OP.CONCAT, _OP.RESHAPE}  # channel-wise ops Torch-Pruning re-indexes
 _INPUT_MODES = ("features", "channels")
@@ -208,6 +213,8 @@ class _Item:
                 self.role = "consumer"
         elif node.type == _OP.DEPTHWISE_CONV and isinstance(m, _CONV) or node.type == _OP.BN and isinstance(m, _BN):
             self.role = "link"
+        elif node.type == _OP.GN and isinstance(m, _GN):
+            self.role = "norm_groups"  # removable in whole GroupNorm groups only
         elif node.type in _STRUCTURE or node.type == _OP.OUTPUT:
             self.role = "link"
         # the group's channels are this node's outputs (not a consumer's inputs) and leave the graph
@@ -305,8 +312,10 @@ def _plan(graph: tp.DependencyGraph, group: Any, calls: dict[nn.Module, int], sn
             roots = torch.as_tensor(it.roots, device=device)
             ok &= torch.zeros(n, dtype=torch.long, device=device).index_add_(0, roots, (~good).long()).eq(0)
         removable |= ok
+        removable = _norm_groups(items, removable, n)  # before the folds: only what goes is folded
         if removable.all():
             removable[0] = False
+            removable = _norm_groups(items, removable, n, warn=False)
         for it in consumers:  # fold what is removed as a constant into Linear biases
             if not isinstance(it.module, nn.Linear):
                 continue
@@ -315,9 +324,42 @@ def _plan(graph: tp.DependencyGraph, group: Any, calls: dict[nn.Module, int], sn
             pick = (removable & constant)[roots] & snap.cols(it.module)[idxs]
             if pick.any():
                 folds.append((it.module, idxs[pick], inputs[it.module][0, idxs[pick]]))
+    removable = _norm_groups(items, removable, n)
     if removable.all():
         removable[0] = False  # keep one channel: no zero-sized layers
+        removable = _norm_groups(items, removable, n, warn=False)  # its whole norm group stays
     return removable.nonzero().flatten().tolist(), folds
+
+
+def _norm_groups(items: list[_Item], removable: torch.Tensor, n: int, warn: bool = True) -> torch.Tensor:
+    for it in items:
+        if it.role == "norm_groups":
+            removable = removable & _whole_norm_groups(it, removable, n, warn)
+    return removable
+
+
+def _whole_norm_groups(it: _Item, removable: torch.Tensor, n: int, warn: bool = True) -> torch.Tensor:
+    """``[n]`` bool: the root channels whose GroupNorm channels of ``it`` fill whole norm groups
+    that are removable entirely (a GroupNorm can only lose whole groups: the others' statistics
+    stay the same). Zero channels that do not fill a norm group are kept, with a warning (once
+    per layer) naming the layer."""
+    gn: nn.GroupNorm = it.module
+    per = gn.num_channels // gn.num_groups
+    idxs = torch.as_tensor(it.idxs, dtype=torch.long, device=removable.device)
+    roots = torch.as_tensor(it.roots, dtype=torch.long, device=removable.device)
+    channel = torch.zeros(gn.num_channels, dtype=torch.bool, device=removable.device)
+    channel[idxs] = removable[roots]
+    whole = channel.view(gn.num_groups, per).all(1).repeat_interleave(per)
+    ok = torch.ones(n, dtype=torch.bool, device=removable.device)
+    ok[roots[~whole[idxs]]] = False
+    blocked = removable & ~ok
+    if warn and blocked.any() and not getattr(gn, "_sparsetune_warned", False):
+        gn._sparsetune_warned = True
+        name = getattr(gn, "_sparsetune_name", type(gn).__name__)
+        warnings.warn(f"compaction keeps {int(blocked.sum())} zeroed channel(s) at GroupNorm layer {name!r}: "
+                      f"a GroupNorm ({gn.num_groups} groups of {per} channels) can only lose whole groups, "
+                      "and these do not fill one", stacklevel=2)
+    return ok
 
 
 def _constant_at(it: _Item, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -352,11 +394,14 @@ def _one_pass(graph: tp.DependencyGraph, net: nn.Module, shape: tuple[int, ...],
         remove, folds = _plan(graph, group, calls, snap)
         if remove:
             plans.append((group[0].dep.target.module, group[0].dep.handler, remove, folds))
+    per = {m: m.num_channels // m.num_groups for m in net.modules() if isinstance(m, _GN)}
     for *_, folds in plans:
         for q, cols, x in folds:
             _fold(q, cols, x)
     for module, handler, remove, _ in plans:
         graph.get_pruning_group(module, handler, remove).prune(record_history=False)
+    for m, c in per.items():  # Torch-Pruning shrinks num_channels only; whole groups went
+        m.num_groups = m.num_channels // c
     return bool(plans)
 
 
@@ -458,7 +503,7 @@ def check_compactable(model: nn.Module, input_shape: tuple[int, ...] | None = No
             for group in _groups(graph):
                 items = [_Item(graph, it, calls) for it in group.items]
                 n = len(group[0].idxs)
-                if n > 1 and all(it.role is not None and not it.terminal for it in items):
+                if n > 1 and all(it.role not in (None, "norm_groups") and not it.terminal for it in items):
                     group.prune(idxs=[n - 1], record_history=False)
             net(_example(net, shape, batch=2))
     except CompactionError as e:
@@ -481,6 +526,9 @@ def compact(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> Com
     net = copy.deepcopy(model).eval()
     with exact_float32():
         graph = _trace(net, shape)
+        for name, m in net.named_modules():
+            if isinstance(m, _GN):
+                m._sparsetune_name = name  # for the warning of _whole_norm_groups
         try:
             calls = _call_counts(net, shape)
             with torch.no_grad():
@@ -632,6 +680,8 @@ def _layer_shapes(net: nn.Module) -> dict[str, dict[str, int]]:
             out[name] = {"in": m.in_features, "out": m.out_features}
         elif isinstance(m, _BN):
             out[name] = {"out": m.num_features}
+        elif isinstance(m, _GN):
+            out[name] = {"out": m.num_channels, "groups": m.num_groups}
     return out
 
 
@@ -674,6 +724,8 @@ def _reshape(net: nn.Module, layers: dict[str, dict[str, int]], state: dict[str,
             m.in_features, m.out_features = sizes["in"], sizes["out"]
         elif isinstance(m, _BN):
             m.num_features = sizes["out"]
+        elif isinstance(m, _GN):
+            m.num_channels, m.num_groups = sizes["out"], sizes["groups"]
         else:
             raise ValueError(f"layer {name!r} is a {type(m).__name__} in the rebuilt model, "
                              "not the saved Linear/Conv/BatchNorm")

@@ -260,6 +260,9 @@ class TrialConfig(_Strict):
         if self.tying.enabled and self.tying.retrain_lr is None:
             tying = self.tying.model_copy(update={"retrain_lr": self.optim.lr})
             object.__setattr__(self, "tying", tying)
+        if self.tying.enabled and self.regularizer.groups == "channel":
+            raise _FieldError("regularizer.groups", "parameter tying clusters the rows of one layer's "
+                                                    "weight; use input, input_position or filter", "channel")
         regularizer = self.regularizer.link(self)  # e.g. pruning epochs within optim.epochs
         if regularizer is not self.regularizer:
             object.__setattr__(self, "regularizer", regularizer)

@@ -305,10 +305,13 @@ class RegularizerConfig(Family):
     sparsifies: ClassVar[bool] = True  # whether the family zeroes weights (not none, not l2)
 
     name: str = Field("none", description="the regularizer (one of the families below)")
-    groups: Literal["input", "input_position", "filter"] = Field(
+    groups: Literal["input", "input_position", "filter", "channel"] = Field(
         "input", description="the groups (rows) of a layer's weight: `input` (one per input neuron or "
                              "channel, GrOWL), `input_position` (one per input channel and position, "
-                             "CGES), `filter` (one per output filter)")
+                             "CGES), `filter` (one per output filter; a zeroed filter also zeroes its bias and following "
+                             "norm channel), `channel` (one per removable channel: its filter, bias, norm "
+                             "entries and every consumer's input slice, the dependency group compaction "
+                             "removes; trainables.channels)")
     layers: Literal[LAYER_SELECTIONS] | list[int | str] = Field(  # type: ignore[valid-type]
         "all", description="which Conv2d/Linear layers are regularized: a keyword, or a list of "
                            "indices (0 = first, -1 = last), qualified layer names and fnmatch patterns "

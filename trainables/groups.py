@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 __all__ = ["Grouping", "GROUPINGS", "to_groups", "from_groups", "check_grouping", "conv_groups",
-           "member_dims"]
+           "member_dims", "module_groups"]
 
 Grouping = Literal["input", "input_position", "filter"]
 GROUPINGS: tuple[str, ...] = get_args(Grouping)
@@ -45,6 +45,12 @@ def check_grouping(grouping: str) -> None:
 def conv_groups(module: nn.Module) -> int:
     """``module.groups`` for a convolution, 1 for anything else (a Linear)."""
     return int(getattr(module, "groups", 1) or 1)
+
+
+def module_groups(module: nn.Module, grouping: str, W: torch.Tensor | None = None) -> torch.Tensor:
+    """The group matrix of ``module``'s weight (or of ``W``, a tensor of its weight's shape, e.g. a
+    mask) with the module's own ``groups``: the one call that cannot forget a grouped conv's ``g``."""
+    return to_groups(module.weight.detach() if W is None else W, grouping, conv_groups(module))
 
 
 def _check_weight(shape: torch.Size | tuple[int, ...], groups: int) -> None:

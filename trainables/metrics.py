@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .groups import check_grouping, to_groups
+from .groups import check_grouping, module_groups
 from .models import prunable_layers
 
 __all__ = [
@@ -153,7 +153,8 @@ def _check_groupings(groupings: dict[str, str], names: list[str]) -> None:
         if name not in names:
             raise ValueError(f"groupings names layer {name!r}, which is not a prunable layer; "
                              f"valid: {names}")
-        check_grouping(grouping)
+        if grouping != "channel":  # groups: channel counts the layer's channels (its filters)
+            check_grouping(grouping)
 
 
 def _layer_row(name: str, dense: nn.Module, small: nn.Module, unique: int, flops_dense: int,
@@ -174,7 +175,7 @@ def _layer_row(name: str, dense: nn.Module, small: nn.Module, unique: int, flops
         "flops_sparse": flops_dense * nz / w.numel() if w.numel() else 0.0,
     }
     if grouping is not None:
-        g = to_groups(w, grouping)
+        g = module_groups(dense, "filter" if grouping == "channel" else grouping)
         row.update(grouping=grouping, groups=int(g.shape[0]), zero_groups=int((~g.ne(0).any(1)).sum()))
     return row
 

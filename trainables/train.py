@@ -46,7 +46,8 @@ from .data import Dataset, DataSpec, Split, StreamSplit, batches, load
 from .groups import conv_groups, from_groups
 from .metrics import at_chance, count_flops, model_metrics
 from .models import build_model, prunable_layers
-from .regularizers import LayerRegularizer, Pruner, build_layer_regularizers
+from .channels import following_norms, silence_filters, trace
+from .regularizers import ChannelLayerRegularizer, LayerRegularizer, Pruner, build_layer_regularizers
 from .tying import ZERO_ROW_NORM, LayerTying, find_ties, tie_
 
 __all__ = ["fit", "Result", "EpochReport", "TrainingDiverged", "evaluate", "resolve_device", "check_device",
@@ -185,7 +186,18 @@ class _Trainer:
         self.amp_dtype = AMP_DTYPES[cfg.optim.amp]
         # fp16 needs loss scaling (its range underflows small gradients); bf16 has float32's range
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.optim.amp == "fp16" else None
-        self.layers: list[LayerRegularizer] = build_layer_regularizers(cfg.regularizer, self.model)
+        self.layers: list[LayerRegularizer] = build_layer_regularizers(cfg.regularizer, self.model,
+                                                                       self.data.spec.input_shape)
+        # groups: filter -> a dead filter also silences its bias and following norm channel
+        self.norms_after: dict[str, list[nn.Module]] = {}
+        if cfg.regularizer.groups == "filter" and self.layers and cfg.regularizer.sparsifying:
+            try:
+                after = following_norms(trace(self.model, self.data.spec.input_shape), [l.module for l in self.layers])
+                self.norms_after = {l.name: after[l.module] for l in self.layers}
+            except Exception as e:  # noqa: BLE001 - an untraceable model: weights are still masked
+                warnings.warn(f"groups: filter: cannot trace {type(self.model).__name__} to find the norm "
+                              f"layers after its filters ({type(e).__name__}: {e}); a zeroed filter's bias "
+                              "and norm channel are not zeroed", stacklevel=2)
         self.optimizer = _make_optimizer(cfg, self.model.parameters(), cfg.optim.lr)
         self.scheduler = _make_scheduler(cfg, self.optimizer)
         self.masks: dict[str, torch.Tensor] = {}  # element masks of layers with dead groups
@@ -209,9 +221,11 @@ class _Trainer:
     def _prox(self, lr: float, step: int) -> None:
         """The regularizer's step after optimizer step number ``step`` (the prox, step size ``lr``)."""
         if self.pruner is not None:  # gradual pruning: new masks on the pruner's schedule
-            keep = self.pruner.prune([layer.module.weight for layer in self.layers],
+            rows = self.pruner.structured and self.cfg.regularizer.groups == "channel"
+            keep = self.pruner.prune([layer.groups() if rows else layer.module.weight for layer in self.layers],
                                      [self.masks.get(layer.name) for layer in self.layers],
-                                     step=step, steps_per_epoch=self.steps_per_epoch)
+                                     step=step, steps_per_epoch=self.steps_per_epoch,
+                                     conv_groups=[conv_groups(layer.module) for layer in self.layers])
             for layer, mask in zip(self.layers, keep or []):
                 self.masks[layer.name] = mask.to(layer.module.weight.dtype).contiguous()
             return
@@ -237,13 +251,23 @@ class _Trainer:
                 continue
             if previous is None or not torch.equal(dead, previous):
                 self.dead[layer.name] = dead
+                if isinstance(layer, ChannelLayerRegularizer):
+                    self.masks[layer.name] = (~dead).to(G.dtype)  # rows, applied by zero()
+                    self._apply_mask(layer)
+                    continue
                 W = layer.module.weight
                 keep = (~dead).to(W.dtype).unsqueeze(1).expand_as(G)
                 self.masks[layer.name] = from_groups(keep, W.shape, layer.grouping, conv_groups(layer.module)).contiguous()
             self._apply_mask(layer)
 
     def _apply_mask(self, layer: LayerRegularizer) -> None:
+        if isinstance(layer, ChannelLayerRegularizer):  # every parameter of the dead channels
+            layer.zero(self.masks[layer.name].reshape(self.masks[layer.name].shape[0], -1).eq(0).all(1))
+            return
         layer.module.weight.mul_(self.masks[layer.name])
+        if layer.name in self.norms_after:  # groups: filter
+            mask = self.masks[layer.name]
+            silence_filters(layer.module, self.norms_after[layer.name], ~mask.reshape(mask.shape[0], -1).ne(0).any(1))
 
     @torch.no_grad()
     def _apply_masks(self) -> None:

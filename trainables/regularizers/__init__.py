@@ -18,6 +18,7 @@ from . import none, l2, l1, group_lasso, exclusive_lasso, cges, growl  # noqa: E
 from . import magnitude, channel_magnitude  # noqa: E402, F401, I001  isort: skip
 from .base import (  # noqa: E402
     REGISTRY,
+    ChannelLayerRegularizer,
     LamConfig,
     LayerRegularizer,
     Pruner,
@@ -34,6 +35,7 @@ __all__ = [
     "REGULARIZERS",
     "LamConfig",
     "LayerRegularizer",
+    "ChannelLayerRegularizer",
     "Pruner",
     "Regularizer",
     "build_layer_regularizers",

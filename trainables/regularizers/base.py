@@ -30,6 +30,7 @@ __all__ = [
     "register",
     "get_regularizer",
     "LayerRegularizer",
+    "ChannelLayerRegularizer",
     "Pruner",
     "select_layers",
     "build_layer_regularizers",
@@ -87,16 +88,21 @@ class Pruner(Regularizer):
     selected layer's weight, since a pruner may rank weights across layers, keeps the masks it
     returns in the run's checkpoints and multiplies them into the weights after every later step:
     pruned weights stay zero whatever momentum or Adam would do to them. Every layer's instance
-    holds the same settings; the loop asks the first layer's."""
+    holds the same settings; the loop asks the first layer's. A ``structured`` pruner ranks
+    whole groups: with ``groups: channel`` it is handed each layer's channel-group matrix (rows =
+    channels) instead of the weight."""
+
+    structured: ClassVar[bool] = False
 
     def prox(self, W: torch.Tensor, step: float) -> torch.Tensor:
         return W.clone()  # no proximal step: the masks do the work
 
     def prune(self, weights: list[torch.Tensor], keep: list[torch.Tensor | None], *, step: int,
-              steps_per_epoch: int) -> list[torch.Tensor] | None:
+              steps_per_epoch: int, conv_groups: list[int] | None = None) -> list[torch.Tensor] | None:
         """The new keep masks (bool, one per weight, its shape) after optimizer step ``step``, or
         ``None`` when this step prunes nothing. ``keep`` holds the current masks (non-zero = kept;
-        ``None`` = nothing pruned yet); a pruned weight is never kept again."""
+        ``None`` = nothing pruned yet); a pruned weight is never kept again. ``conv_groups`` is
+        each weight's layer's ``groups`` (``trainables.groups.conv_groups``; ``None``: all 1)."""
         raise NotImplementedError(f"pruner {self.name!r} does not implement prune()")
 
 
@@ -215,6 +221,38 @@ class LayerRegularizer:
         W.copy_(from_groups(new, W.shape, self.grouping, conv_groups(self.module)))
 
 
+@dataclass
+class ChannelLayerRegularizer:
+    """``groups: channel``: one layer's channel groups (:class:`trainables.channels.ChannelGroup`,
+    rows = its output channels over every parameter compaction removes with them) and the
+    regularizer on that matrix. Same interface as :class:`LayerRegularizer`."""
+
+    name: str
+    module: nn.Module
+    grouping: str
+    regularizer: Regularizer
+    group: Any = field(default=None, repr=False)
+
+    def groups(self) -> torch.Tensor:
+        return self.group.matrix().detach()
+
+    def penalty(self) -> torch.Tensor:
+        return self.regularizer.penalty(self.group.matrix())
+
+    @torch.no_grad()
+    def apply_prox(self, step: float) -> None:
+        self.group.write(self.regularizer.prox(self.groups(), step))
+
+    @torch.no_grad()
+    def apply_update(self, *, lr: float, step: int, epoch: int) -> None:
+        self.group.write(self.regularizer.update(self.groups(), lr=lr, step=step, epoch=epoch))
+
+    @torch.no_grad()
+    def zero(self, dead: torch.Tensor) -> None:
+        """Zero the channels ``dead`` (bool, one per row) in every parameter of their group."""
+        self.group.zero(dead)
+
+
 def select_layers(layers: list[tuple[str, nn.Module]], selection: str | list[int | str],
                   model: nn.Module | None = None) -> list[tuple[str, nn.Module]]:
     """The layers chosen by a ``regularizer.layers`` value, in model order.
@@ -266,12 +304,19 @@ def _no_match(item: str, names: list[str], model: nn.Module | None) -> str:
     return msg
 
 
-def build_layer_regularizers(cfg: RegularizerConfig, model: nn.Module) -> list[LayerRegularizer]:
-    """Resolve the config against a model: chosen layers, per-layer schedule values, instances."""
+def build_layer_regularizers(cfg: RegularizerConfig, model: nn.Module,
+                             input_shape: tuple[int, ...] | None = None) -> list[LayerRegularizer]:
+    """Resolve the config against a model: chosen layers, per-layer schedule values, instances.
+
+    ``groups: channel`` traces the model (``input_shape``, default ``model.input_shape``); a chosen
+    layer whose channels form no channel group (the logits, a layer feeding a LayerNorm, ...) is
+    left out, and a selection left with no layer is a ConfigError naming why."""
     from ..models import prunable_layers
 
     cls = get_regularizer(cfg.name)
     layers = select_layers(prunable_layers(model), cfg.layers, model)
+    if cfg.groups == "channel" and cfg.name != "none":
+        layers, found = _channel_layers(model, layers, input_shape, cfg)
     if not layers and cfg.name != "none":
         raise ConfigError([("regularizer.layers", "selects no layer of this model", cfg.layers)])
     per_layer: list[dict[str, Any]] = [{} for _ in layers]
@@ -281,8 +326,33 @@ def build_layer_regularizers(cfg: RegularizerConfig, model: nn.Module) -> list[L
         values = resolve_schedule(value, len(layers), param) if param in scheduled else [value] * len(layers)
         for kwargs, v in zip(per_layer, values):
             kwargs[param] = v
+    if cfg.groups == "channel" and cfg.name != "none":
+        return [ChannelLayerRegularizer(name, module, "channel", cls(**kwargs), found[module])
+                for (name, module), kwargs in zip(layers, per_layer)]
     return [LayerRegularizer(name, module, cfg.groups, cls(**kwargs))
             for (name, module), kwargs in zip(layers, per_layer)]
+
+
+def _channel_layers(model: nn.Module, layers: list[tuple[str, nn.Module]], input_shape: Any,
+                    cfg: RegularizerConfig) -> tuple[list[tuple[str, nn.Module]], dict[nn.Module, Any]]:
+    from ..channels import channel_groups
+
+    shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+    if not shape:
+        raise ConfigError([("regularizer.groups", f"needs the model's input shape to trace "
+                                                  f"{type(model).__name__}", "channel")])
+    try:
+        found, skipped = channel_groups(model, tuple(shape), roots=[m for _, m in layers])
+    except Exception as e:  # noqa: BLE001 - untraceable model
+        raise ConfigError([("regularizer.groups", f"Torch-Pruning cannot trace {type(model).__name__} "
+                                                  f"({type(e).__name__}: {e})", "channel")]) from e
+    by_root = {g.root: g for g in found}
+    kept = [(name, m) for name, m in layers if m in by_root]
+    if not kept:
+        why = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]) or "no channel groups"
+        raise ConfigError([("regularizer.groups", f"the selected layers form no channel group ({why})",
+                            "channel")])
+    return kept, by_root
 
 
 def growl_rank(p: float, n: int) -> int:

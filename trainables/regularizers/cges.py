@@ -25,7 +25,7 @@ class CGESConfig(LamConfig):
     """CGES (Yoon & Hwang 2017) with the official code's settings."""
 
     name: Literal["cges"] = "cges"
-    groups: Literal["input", "input_position", "filter"] = "input_position"
+    groups: Literal["input", "input_position", "filter", "channel"] = "input_position"
     lam: Schedule = 1e-2
     mu: Schedule = Field(Ends(first=0.2, last=0.8),
                          description="per-layer weight of the exclusive term in [0, 1] (the group term "

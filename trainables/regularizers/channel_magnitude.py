@@ -36,17 +36,22 @@ class ChannelMagnitudeConfig(GradualConfig):
 class ChannelMagnitude(GradualPruner):
     name = "channel_magnitude"
     config = ChannelMagnitudeConfig
+    structured = True
 
-    def units(self, W: torch.Tensor, keep: torch.Tensor | None, ranked_globally: bool
+    def _rows(self, W: torch.Tensor, g: int) -> torch.Tensor:
+        # groups: channel hands over the channel-group matrix itself (trainables.channels)
+        return W if self.groups == "channel" else to_groups(W, self.groups, g)
+
+    def units(self, W: torch.Tensor, keep: torch.Tensor | None, ranked_globally: bool, *, g: int
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        G = to_groups(W.detach(), self.groups)
+        G = self._rows(W.detach(), g)
         norms = torch.linalg.vector_norm(G, dim=1)
         if ranked_globally:
             norms = norms / math.sqrt(G.shape[1])
         if keep is None:
             return norms, torch.zeros(G.shape[0], dtype=torch.bool, device=W.device)
-        return norms, to_groups(keep, self.groups).eq(0).all(dim=1)
+        return norms, self._rows(keep, g).eq(0).all(dim=1)
 
-    def mask(self, W: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
-        G = (~pruned).unsqueeze(1).expand(-1, to_groups(W, self.groups).shape[1])
-        return from_groups(G, W.shape, self.groups)
+    def mask(self, W: torch.Tensor, pruned: torch.Tensor, *, g: int) -> torch.Tensor:
+        G = (~pruned).unsqueeze(1).expand(-1, self._rows(W, g).shape[1])
+        return G if self.groups == "channel" else from_groups(G, W.shape, self.groups, g)

@@ -17,7 +17,7 @@ class ExclusiveLassoConfig(LamConfig):
     """Exclusive lasso over CGES's groups (one per input position)."""
 
     name: Literal["exclusive_lasso"] = "exclusive_lasso"
-    groups: Literal["input", "input_position", "filter"] = "input_position"
+    groups: Literal["input", "input_position", "filter", "channel"] = "input_position"
     lam: Schedule = 3e-3
     mask_pruned: bool = mask_pruned(False)
 

@@ -135,23 +135,26 @@ class GradualPruner(Pruner):
             return None
         return sparsity_at(t, initial=self.initial, final=self.final, t0=t0, t1=t1)
 
-    def units(self, W: torch.Tensor, keep: torch.Tensor | None, ranked_globally: bool
+    def units(self, W: torch.Tensor, keep: torch.Tensor | None, ranked_globally: bool, *, g: int
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(scores, pruned)``: 1-D, one entry per unit of ``W``."""
+        """``(scores, pruned)``: 1-D, one entry per unit of ``W`` (``g``: its layer's conv groups)."""
         raise NotImplementedError
 
-    def mask(self, W: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    def mask(self, W: torch.Tensor, pruned: torch.Tensor, *, g: int) -> torch.Tensor:
         """The bool keep mask of ``W`` with the units ``pruned`` removed."""
         raise NotImplementedError
 
     @torch.no_grad()
     def prune(self, weights: list[torch.Tensor], keep: list[torch.Tensor | None], *, step: int,
-              steps_per_epoch: int) -> list[torch.Tensor] | None:
+              steps_per_epoch: int, conv_groups: list[int] | None = None) -> list[torch.Tensor] | None:
         s = self.target(step + 1, steps_per_epoch)
         if s is None:
             return None
         ranked_globally = getattr(self, "global")
-        scored = [self.units(W, k, ranked_globally) for W, k in zip(weights, keep)]
+        gs = [1] * len(weights) if conv_groups is None else list(conv_groups)
+        if len(gs) != len(weights):
+            raise ValueError(f"conv_groups has {len(gs)} entries for {len(weights)} weights")
+        scored = [self.units(W, k, ranked_globally, g=g) for W, k, g in zip(weights, keep, gs)]
         before = [p for _, p in scored]
         # pruned units score below every live one, so they are chosen first and stay pruned
         scores = [torch.where(p, torch.full_like(sc, -1.0), sc) for sc, p in scored]
@@ -161,4 +164,4 @@ class GradualPruner(Pruner):
             chosen = list(torch.split(lowest(flat, k), [sc.numel() for sc in scores]))
         else:
             chosen = [lowest(sc, max(prune_count(s, sc.numel()), int(p.sum()))) for sc, p in zip(scores, before)]
-        return [self.mask(W, c | p) for W, c, p in zip(weights, chosen, before)]
+        return [self.mask(W, c | p, g=g) for W, c, p, g in zip(weights, chosen, before, gs)]

@@ -30,11 +30,11 @@ class Magnitude(GradualPruner):
     name = "magnitude"
     config = MagnitudeConfig
 
-    def units(self, W: torch.Tensor, keep: torch.Tensor | None, ranked_globally: bool
+    def units(self, W: torch.Tensor, keep: torch.Tensor | None, ranked_globally: bool, *, g: int
               ) -> tuple[torch.Tensor, torch.Tensor]:
         pruned = keep.eq(0).flatten() if keep is not None else torch.zeros(W.numel(), dtype=torch.bool,
                                                                               device=W.device)
         return W.detach().abs().flatten(), pruned
 
-    def mask(self, W: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    def mask(self, W: torch.Tensor, pruned: torch.Tensor, *, g: int) -> torch.Tensor:
         return (~pruned).reshape(W.shape)
