@@ -61,7 +61,7 @@ SECTIONS = ("seed", "device", "data", "model", "optim", "regularizer", "tying")
 EPOCH_METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss", "penalty",
                  "weights_nonzero", "weights_sparsity")
 RESULT_METRICS = EPOCH_METRICS + (
-    "params_total", "params_nonzero", "params_unique", "sparsity", "compression_rate",
+    "params_total", "params_nonzero", "params_compact", "params_unique", "sparsity", "compression_rate",
     "param_sharing", "flops_dense", "flops_compact", "flops_sparse",
 )
 DEFAULT_OBJECTIVES = [
@@ -450,7 +450,8 @@ def _check_structure(spec: SearchSpec, problems: list) -> None:
             problems.append((f"regularizers.{family}", f"unknown regularizer; valid: {sorted(REGULARIZER_PARAMS)}", family))
     base_reg = spec.base.get("regularizer")
     if spec.families and isinstance(base_reg, dict):
-        owned = {"name"} | {k for p in REGULARIZER_PARAMS.values() for k in p} - {"groups", "layers", "prox_every", "mask_pruned"}
+        owned = {"name"} | {k for p in REGULARIZER_PARAMS.values() for k in p} - {"groups", "layers", "prox_every", "mask_pruned",
+                                                                         "target_sparsity"}
         for key in base_reg:
             if key in owned:
                 problems.append((f"base.regularizer.{key}",
