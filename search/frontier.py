@@ -29,6 +29,7 @@ __all__ = ["Objective", "Frontier", "DENSE_REFERENCE", "objective_matrix", "obje
 
 # hypervolume reference of a "min" objective: the dense network's value (result.json key)
 DENSE_REFERENCE = {"params_nonzero": "params_total", "params_unique": "params_total",
+                   "params_compact": "params_total",
                    "weights_nonzero": "params_total", "flops_compact": "flops_dense",
                    "flops_sparse": "flops_dense"}
 
@@ -124,7 +125,7 @@ class Frontier:
 
     def columns(self) -> list[str]:
         metrics = [o.metric for o in self.objectives]
-        extra = ["test_accuracy", "params_total", "params_unique", "sparsity", "flops_dense"]
+        extra = ["test_accuracy", "params_total", "params_compact", "params_unique", "sparsity", "flops_dense"]
         rows = self.rows + self.others
         keys = sorted({k for r in rows for k in r if k.startswith("param:")})
         params = [k for k in keys if len({str(r.get(k)) for r in rows}) > 1]  # what the search varied

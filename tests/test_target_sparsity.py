@@ -202,11 +202,16 @@ def test_search_spec_can_search_target_sparsity(tmp_path):
                                         "optim": {"name": "sgd", "lr": 0.1, "epochs": 2}},
             "regularizers": {"group_lasso": {"target_sparsity": {"type": "uniform", "low": 0.0, "high": 0.95}},
                              "growl": {"target_sparsity": {"type": "uniform", "low": 0.0, "high": 0.95}}},
-            "trials": 2}
+            "trials": 2,
+            "objectives": [{"metric": "val_accuracy", "mode": "max"}, {"metric": "params_compact", "mode": "min"}]}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     loaded = load_spec(path)
     assert set(loaded.families) == {"group_lasso", "growl"}
+    assert loaded.objective_names() == ["val_accuracy", "params_compact"]  # the physical size is an objective
+    from search.frontier import DENSE_REFERENCE
+
+    assert DENSE_REFERENCE["params_compact"] == "params_total"  # hypervolume: relative to the dense network
     # the same target for every family, from the base
     spec["base"]["regularizer"] = {"target_sparsity": 0.5}
     spec["regularizers"] = {"group_lasso": {"lam": 0.1}, "cges": {"lam": 1e-2}}
