@@ -28,7 +28,8 @@ MLflow, then export the frontier's configs, which `sparsetune train` re-runs exa
 _TRAIN_HELP = """\
 Train one network as CONFIG says and write, in --out:
   config.yaml        the exact config of the run (re-run it with `sparsetune train`)
-  result.json        test/val accuracy, parameter counts (total, non-zero, unique), sparsity,
+  result.json        test/val accuracy, parameter counts (total, non-zero, unique, and
+                     params_compact: what compact_model.pt stores densely), sparsity,
                      compression rate, parameter sharing, dense and compacted FLOPs, per-layer
                      details, and the per-epoch history
   compact_model.pt   the physically compacted network (state_dict + config; load it with
@@ -99,6 +100,7 @@ def _print_summary(console, m: dict, out) -> None:
     from rich.table import Table
 
     table = Table(title=f"result ({out})", show_header=False)
+
     def accuracy(split: str) -> str:
         chance = m.get(f"{split}_at_chance") and m.get("chance_accuracy" if split == "test" else "val_chance_accuracy")
         note = f"  [bold red]at chance level[/] ({chance:.4f})" if chance else ""
@@ -111,7 +113,17 @@ def _print_summary(console, m: dict, out) -> None:
         ("parameters (non-zero / total)", f"{m['params_nonzero']:,} / {m['params_total']:,}"),
         ("unique parameters", f"{m['params_unique']:,}"),
         ("sparsity", f"{m['sparsity']:.2%}"),
-        ("compression rate", f"{m['compression_rate']:.2f}x"),
+    ]
+    if "params_compact" in m:  # what compact_model.pt stores densely, zeros included
+        compact = m["params_compact"]
+        rows += [("parameters in compact_model.pt (dense)", f"{compact:,}"),
+                 ("physical compression (total / compact)",
+                  f"{m['params_total'] / compact:.2f}x" if compact else "n/a")]
+    if "target_sparsity" in m:
+        rows.append(("target sparsity (reached)", f"{m['target_sparsity']:.2%} ({m['target_reached']:.2%} "
+                                                  f"of the regularized {m['target_unit']})"))
+    rows += [
+        ("sparse compression (total / unique non-zero)", f"{m['compression_rate']:.2f}x"),
         ("parameter sharing", f"{m['param_sharing']:.2f}"),
         ("FLOPs (compact / dense)", f"{m['flops_compact']:,} / {m['flops_dense']:,}"),
     ]

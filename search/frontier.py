@@ -136,7 +136,7 @@ class Frontier:
 
     def columns(self) -> list[str]:
         metrics = [o.metric for o in self.objectives]
-        extra = ["test_accuracy", "params_total", "params_unique", "sparsity", "flops_dense"]
+        extra = ["test_accuracy", "params_total", "params_compact", "params_unique", "sparsity", "flops_dense"]
         rows = self.rows + self.others
         keys = sorted({k for r in rows for k in r if k.startswith("param:")})
         params = [k for k in keys if len({str(r.get(k)) for r in rows}) > 1]  # what the search varied

@@ -441,7 +441,8 @@ def _check_structure(spec: SearchSpec, problems: list) -> None:
             problems.append((f"regularizers.{family}", f"unknown regularizer; valid: {sorted(REGULARIZER_PARAMS)}", family))
     base_reg = spec.base.get("regularizer")
     if spec.families and isinstance(base_reg, dict):
-        owned = {"name"} | {k for p in REGULARIZER_PARAMS.values() for k in p} - {"groups", "layers", "prox_every", "mask_pruned"}
+        owned = {"name"} | {k for p in REGULARIZER_PARAMS.values() for k in p} - {"groups", "layers", "prox_every", "mask_pruned",
+                                                                         "target_sparsity"}
         for key in base_reg:
             if key in owned:
                 problems.append((f"base.regularizer.{key}",

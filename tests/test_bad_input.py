@@ -124,7 +124,7 @@ def _base(section: str, value):
 CASES = [
     ("unknown key",
      _with(CONFIG, regularizer="{name: cges, lam: 1e-2, lamda: 0.1}"),
-     ["regularizer.lamda: unknown field (did you mean lam? valid fields: name, groups, layers, prox_every, lam, mu, "
+     ["regularizer.lamda: unknown field (did you mean lam? valid fields: name, groups, layers, prox_every, target_sparsity, lam, mu, "
       "exact, group_scale, exclusive_scale, mask_pruned) (got 0.1)"],
      _reg("cges", {"lamda": 0.1}),
      ["regularizers.cges.lamda: unknown field (did you mean lam? valid fields: name, groups, layers,", "(got 0.1)"]),

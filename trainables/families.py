@@ -303,6 +303,8 @@ class RegularizerConfig(Family):
 
     impl: ClassVar[type | None] = None  # set by trainables.regularizers.register
     sparsifies: ClassVar[bool] = True  # whether the family zeroes weights (not none, not l2)
+    # what ``target_sparsity`` counts: whole groups (rows), or single weights (l1, exclusive lasso)
+    target_unit: ClassVar[Literal["groups", "elements"]] = "groups"
 
     name: str = Field("none", description="the regularizer (one of the families below)")
     groups: Literal["input", "input_position", "filter", "channel"] = Field(
@@ -320,10 +322,34 @@ class RegularizerConfig(Family):
         "step", description="when the proximal step runs: after every optimizer step, or once per epoch "
                             "(step size = the current learning rate)")
 
+    target_sparsity: float | None = Field(
+        None, description="the fraction of the regularized groups (weights, for `l1` and "
+                          "`exclusive_lasso`) that are zero at the end of training, in [0, 1): the "
+                          "strength is adapted to reach it, starting from the configured one "
+                          "(trainables.target); row families then default to `scale: relative`")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _target_scale(cls, data: Any) -> Any:
+        # with a target, a row family's strength is relative to the layer's row norms by default
+        if (isinstance(data, dict) and data.get("target_sparsity") is not None
+                and "scale" in cls.model_fields and data.get("scale") is None):
+            data = {**data, "scale": "relative"}
+        return data
+
     @model_validator(mode="after")
     def _check_layers(self) -> RegularizerConfig:
         if isinstance(self.layers, list) and not self.layers:
             raise _FieldError("layers", "an empty list; name at least one layer or use 'all'", [])
+        if self.target_sparsity is not None:
+            _finite(self.target_sparsity, "target_sparsity", 0, 1, hi_open=True)
+            if "final" in type(self).model_fields:  # a pruner: its schedule reaches `final`
+                raise _FieldError("target_sparsity", f"regularizer {self.name!r} prunes to its own "
+                                  "`final` sparsity; set `final`, not target_sparsity", self.target_sparsity)
+            if not self.sparsifies:
+                raise _FieldError("target_sparsity", f"regularizer {self.name!r} zeroes no groups, so it "
+                                  "has no sparsity to target (use l1, group_lasso, exclusive_lasso, cges "
+                                  "or growl)", self.target_sparsity)
         return self
 
     @property

@@ -4,7 +4,12 @@ Definitions (all computed from the modules themselves, nothing per-network is ha
 
 - ``params_total``: parameter entries of the dense model (weights, biases, BatchNorm affine;
   buffers such as BN running statistics are not parameters and are not counted).
-- ``params_nonzero``: non-zero parameter entries of the compact model (what is actually stored).
+- ``params_nonzero``: non-zero parameter entries of the compact model (the sparse count: what a
+  sparse format would store).
+- ``params_compact``: parameter entries of the compact model, zeros included: what a dense runtime
+  stores for the compacted network (``sum(p.numel())`` of the loaded ``compact_model.pt``; buffers
+  such as BatchNorm statistics and the input selection are not parameters). ``params_total /
+  params_compact`` is the physical compression, ``params_total / params_nonzero`` the sparse one.
 - ``params_unique``: per parameter tensor of the compact model, the number of distinct *non-zero*
   values, summed over tensors. Tied rows (GrOWL's parameter sharing) therefore count once. Unlike
   the official GrOWL MNIST code (``len(np.unique(W))``, which counts 0 once per layer) zero is not
@@ -137,6 +142,7 @@ def model_metrics(model: nn.Module, compact_model: nn.Module, input_shape: tuple
     return {
         "params_total": total,
         "params_nonzero": nonzero,
+        "params_compact": count_params(compact_model),
         "params_unique": unique,
         "sparsity": 1.0 - _ratio(nonzero, total) if total else 0.0,
         "compression_rate": _ratio(total, unique),

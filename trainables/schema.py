@@ -17,12 +17,13 @@ EPOCH_METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss", "pe
                  "weights_nonzero", "weights_sparsity")
 # Numeric keys of result.json that can be objectives (never the test set: the search must not see it).
 RESULT_METRICS = EPOCH_METRICS + (
-    "params_total", "params_nonzero", "params_unique", "sparsity", "compression_rate",
+    "params_total", "params_nonzero", "params_compact", "params_unique", "sparsity", "compression_rate",
     "param_sharing", "flops_dense", "flops_compact", "flops_sparse",
 )
 
 # The dense network's value of a "min" result metric (its hypervolume reference).
 DENSE_REFERENCE = {"params_nonzero": "params_total", "params_unique": "params_total",
+                   "params_compact": "params_total",
                    "weights_nonzero": "params_total", "flops_compact": "flops_dense",
                    "flops_sparse": "flops_dense"}
 

@@ -40,14 +40,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .channels import following_norms, silence_filters, trace
 from .compact import CompactionError, compact, uncompacted
 from .config import ConfigError, TrialConfig
 from .data import Dataset, DataSpec, Split, StreamSplit, batches, load
 from .groups import conv_groups, from_groups
 from .metrics import at_chance, count_flops, model_metrics
 from .models import build_model, prunable_layers
-from .channels import following_norms, silence_filters, trace
 from .regularizers import ChannelLayerRegularizer, LayerRegularizer, Pruner, build_layer_regularizers
+from .target import build_target
 from .tying import ZERO_ROW_NORM, LayerTying, find_ties, tie_
 
 __all__ = ["fit", "Result", "EpochReport", "TrainingDiverged", "evaluate", "resolve_device", "check_device",
@@ -214,6 +215,10 @@ class _Trainer:
         self._dense_flops: list[tuple[nn.Module, int]] | None = None  # for _flops_estimate
         self.val_chance: float | None = None  # the validation split's most-frequent-class accuracy
         self.val_accuracy: float | None = None  # at the last epoch
+        # regularizer.target_sparsity: the prox's strength adapted to reach it (trainables.target)
+        self.target = build_target(cfg, self.layers if self.uses_prox and self.pruner is None else [],
+                                   total_steps=self.train_epochs * self.steps_per_epoch,
+                                   steps_per_epoch=self.steps_per_epoch)
 
     # -- the proximal step, masks and tying ----------------------------------------------------
 
@@ -229,8 +234,11 @@ class _Trainer:
             for layer, mask in zip(self.layers, keep or []):
                 self.masks[layer.name] = mask.to(layer.module.weight.dtype).contiguous()
             return
-        for layer in self.layers:
-            layer.apply_update(lr=lr, step=step, epoch=self.epoch)
+        if self.target is not None:
+            self.target.apply(lr, step)
+        else:
+            for layer in self.layers:
+                layer.apply_update(lr=lr, step=step, epoch=self.epoch)
         if getattr(self.cfg.regularizer, "mask_pruned", False):  # sparsifying families declare it
             self._update_masks()
 
@@ -363,6 +371,8 @@ class _Trainer:
         total = sum(p.numel() for p in params)
         m["weights_nonzero"], m["weights_sparsity"] = nonzero, 1 - nonzero / total
         m["flops_estimate"] = self._flops_estimate()
+        if self.target is not None and self.epoch <= self.train_epochs:
+            m.update(self.target.epoch_metrics())
         m["epoch_time_s"] = seconds
         return m
 
@@ -411,6 +421,8 @@ class _Trainer:
             info["regularized"] = reg is not None and self.uses_prox
             if reg is not None:
                 info["regularizer"] = {p: getattr(reg, p) for p in reg.params}
+        if self.target is not None:
+            final.update(self.target.final_metrics(final.get("layers", [])))
         if self.ties is not None:
             final["tying"] = [t.summary() for t in self.ties]
             # numbers, so the tracker logs them: a search shows where tying silently did nothing
@@ -436,6 +448,7 @@ class _Trainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "history": [dict(h) for h in self.history],
+            **({"target": self.target.state()} if self.target is not None else {}),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -461,6 +474,8 @@ class _Trainer:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
+        if self.target is not None:
+            self.target.load_state(state.get("target"))
 
     # -- the run ----------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -16,6 +16,7 @@ __all__ = ["ExclusiveLasso", "ExclusiveLassoConfig"]
 class ExclusiveLassoConfig(LamConfig):
     """Exclusive lasso over CGES's groups (one per input position)."""
 
+    target_unit: ClassVar[Literal["groups", "elements"]] = "elements"  # target_sparsity counts weights
     name: Literal["exclusive_lasso"] = "exclusive_lasso"
     groups: Literal["input", "input_position", "filter", "channel"] = "input_position"
     lam: Schedule = 3e-3

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -16,6 +16,7 @@ __all__ = ["L1", "L1Config"]
 class L1Config(LamConfig):
     """The lasso: element-wise sparsity."""
 
+    target_unit: ClassVar[Literal["groups", "elements"]] = "elements"  # target_sparsity counts weights
     name: Literal["l1"] = "l1"
     lam: Schedule = 1e-3
     mask_pruned: bool = mask_pruned(False)
