@@ -217,3 +217,36 @@ def test_search_spec_can_search_target_sparsity(tmp_path):
     spec["regularizers"] = {"group_lasso": {"lam": 0.1}, "cges": {"lam": 1e-2}}
     path.write_text(yaml.safe_dump(spec))
     assert set(load_spec(path).families) == {"group_lasso", "cges"}
+
+
+@pytest.mark.parametrize("name", ["group_lasso", "growl"])
+def test_target_on_channel_groups_of_a_conv_bn_net(name, tmp_path):
+    """`groups: channel` with a target: the target is reached on channel rows (filter, bias and
+    BatchNorm together), those channels leave the compact model, and it computes what the masked
+    network computes in eval mode."""
+    import sys
+    import types
+
+    from torch import nn
+
+    module = types.ModuleType("conv_bn_seq")
+    module.build = lambda num_classes: nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 64, num_classes))
+    sys.modules["conv_bn_seq"] = module
+    try:
+        cfg = TrialConfig.from_dict({"seed": 0, "device": "cpu", "data": {"name": "digits"},
+                                     "model": {"name": "python", "factory": "conv_bn_seq:build"},
+                                     "optim": {"name": "adam", "lr": 0.01, "epochs": 4, "batch_size": 64},
+                                     "regularizer": {"name": name, "target_sparsity": 0.5, "groups": "channel"}})
+        result = fit(cfg)
+        m = result.metrics
+        assert abs(m["target_reached"] - 0.5) <= 0.1
+        assert m["params_compact"] < 0.7 * m["params_total"] and m["test_accuracy"] > 0.8
+        save_run(result, tmp_path)
+        small = load_compact(tmp_path / "compact_model.pt").eval()
+        x = torch.randn(16, 1, 8, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(small(x), result.model.eval()(x), rtol=1e-4, atol=1e-5)
+    finally:
+        del sys.modules["conv_bn_seq"]

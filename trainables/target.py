@@ -67,7 +67,6 @@ from typing import Any
 
 import torch
 
-from .groups import conv_groups, to_groups
 from .regularizers import LayerRegularizer
 
 __all__ = ["TargetController", "build_target", "scheduled_sparsity", "strength_field"]
@@ -102,8 +101,7 @@ class _Layer:
         self.base = float(base) if isinstance(base, (int, float)) else None
 
     def group_matrix(self) -> torch.Tensor:
-        layer = self.layer
-        return to_groups(layer.module.weight.detach(), layer.grouping, conv_groups(layer.module))
+        return self.layer.groups()  # the layer's own rows: a weight's groups, or its channel groups
 
     def zeros(self, G: torch.Tensor) -> int:
         if self.unit == "elements":
@@ -162,7 +160,7 @@ class TargetController:
             elif z > hi:
                 m, out = self._lower(zeros_at, m, hi, G)
             t.multiplier = m
-            t.layer._write(out)
+            t.layer.write(out)
 
     @staticmethod
     def _raise(zeros_at, m: float, lo: int, hi: int, t: _Layer) -> tuple[float, torch.Tensor]:

@@ -220,6 +220,10 @@ class LayerRegularizer:
         W = self.module.weight
         W.copy_(from_groups(new, W.shape, self.grouping, conv_groups(self.module)))
 
+    def write(self, new: torch.Tensor) -> None:
+        """Set the layer's group matrix (what :meth:`groups` reads) to ``new``."""
+        self._write(new)
+
 
 @dataclass
 class ChannelLayerRegularizer:
@@ -238,6 +242,10 @@ class ChannelLayerRegularizer:
 
     def penalty(self) -> torch.Tensor:
         return self.regularizer.penalty(self.group.matrix())
+
+    def write(self, new: torch.Tensor) -> None:
+        """Set the channel rows (every parameter of each group) to ``new``."""
+        self.group.write(new)
 
     @torch.no_grad()
     def apply_prox(self, step: float) -> None:
