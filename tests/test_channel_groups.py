@@ -395,3 +395,41 @@ def net_bn_out(conv, bn, x, net):
         x = torch.randn(5, 3, 6, 6)
         x = torch.relu(net.bn1(net.conv1(x)))
     return bn(conv(x))
+
+
+class ResidualReadsWhatItWrites(nn.Module):
+    """x + conv(x): the block's conv reads the channels it writes, so each of its weights
+    [i, j] belongs to channel i (an output) and to channel j (an input) of one group."""
+
+    input_shape = (1, 6, 6)
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.res = nn.Conv2d(8, 8, 3, padding=1)
+        self.res_bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 36, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        return self.fc(torch.relu(x + self.res_bn(self.res(x))).flatten(1))
+
+
+def test_a_zero_row_written_back_stays_zero_when_a_weight_is_in_two_rows():
+    torch.manual_seed(0)
+    net = ResidualReadsWhatItWrites()
+    _randomize_stats(net)
+    from trainables.config import TrialConfig
+
+    cfg = TrialConfig.from_dict({"regularizer": {"name": "group_lasso", "groups": "channel", "layers": "all"}})
+    [layer] = build_layer_regularizers(cfg.regularizer, net, input_shape=net.input_shape)
+    M = layer.groups().clone()
+    M[:3] = 0
+    layer.write(M)
+    G = layer.groups()
+    assert (~G.ne(0).any(1)).sum().item() == 3  # what the target controller and the metrics count
+    for conv in (net.stem, net.res):
+        assert (conv.weight.flatten(1).abs().sum(1) == 0).sum().item() == 3
+    small = _agree(net.eval())
+    assert _channels(small) == _channels(net) - 2 * 3  # stem and res: 5 channels each

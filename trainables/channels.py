@@ -111,6 +111,15 @@ class ChannelGroup:
             k = s.rows(self.n).shape[1]
             s.write(M[:, start:start + k])
             start += k
+        # A parameter entry can belong to two rows: a layer that reads the channels it writes (a
+        # residual block's conv: its weight[i, j] is in row i as an output and in row j as an
+        # input). The later write would restore what a zeroed row cleared; a zero row wins.
+        dead = ~M.reshape(self.n, -1).ne(0).any(1)
+        if dead.any():
+            for s in self.slices:
+                R = s.rows(self.n).detach().clone()
+                R[dead.to(R.device)] = 0
+                s.write(R)
 
     @torch.no_grad()
     def zero(self, dead: torch.Tensor) -> None:
