@@ -180,7 +180,8 @@ class _Strict(BaseModel):
                 if isinstance(key, str) and key not in cls.model_fields:
                     near = difflib.get_close_matches(key, fields, n=1)
                     hint = f"did you mean {near[0]}? " if near else ""
-                    raise _FieldError(key, f"unknown field ({hint}valid fields: {', '.join(fields)})", value)
+                    shown = key.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate, too
+                    raise _FieldError(shown, f"unknown field ({hint}valid fields: {', '.join(fields)})", value)
         return data
 
 
