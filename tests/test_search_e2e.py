@@ -232,7 +232,8 @@ def test_interrupted_search_resumes_without_loss_or_duplicates(tmp_path):
     resumed = _start(["search", str(path), "--resume"], tmp_path)
     out, _ = resumed.communicate(timeout=400)
     assert resumed.returncode == 0, out[-3000:]
-    assert "resuming search" in out and "6 trials" in out.splitlines()[0]
+    [header] = [line for line in out.splitlines() if line.startswith("resuming search")]
+    assert "6 trials" in header, header
     assert "optuna-dashboard sqlite:///" in out
     for noise in ("A new study created", "Creating initial MLflow database", "Token authentication"):
         assert noise not in "".join(seen) + out, noise
@@ -368,7 +369,7 @@ def test_time_budget_stops_the_search_and_resume_goes_on_with_the_trials_not_sta
     path.write_text(yaml.safe_dump(spec_dict))
     monkeypatch.chdir(tmp_path)
     progress = re.compile(r"^\[\s*(\d+)/200\] \S+\s+(\w+) ")
-    outcome_tag = re.compile(r"^time budget of 1m00s reached: (\d+) trials not started \(continue with --resume\)$")
+    outcome_tag = re.compile(r"^time budget of 1m(?:00|10)s reached: (\d+) trials not started \(continue with --resume\)$")
 
     def check_round() -> tuple[dict[str, str], list[tuple[int, str]], str]:
         out, err = capsys.readouterr()
@@ -402,9 +403,14 @@ def test_time_budget_stops_the_search_and_resume_goes_on_with_the_trials_not_sta
     assert [n for n, _ in first_lines] == list(range(1, len(first) + 1))
     assert "time budget 1m00s" in out
 
-    assert main(["search", str(path), "--resume"]) == 0
+    # a resume runs what it was started with: another trial count is refused, a new budget is taken
+    assert main(["search", str(path), "--resume", "--trials", "300"]) == 2
+    assert "a resumed search runs the 200 trials it was started with" in capsys.readouterr().err
+    assert main(["search", str(path), "--resume", "--time-budget", "70"]) == 0
     second, second_lines, out = check_round()
     assert "resuming search" in out
+    [header] = [line for line in out.splitlines() if line.startswith("resuming search")]
+    assert "200 trials" in header and "time budget 1m10s" in header, header
     assert len(second) > len(first)
     assert {t: second[t] for t in first} == first  # recorded trials kept as they were, not run again
     assert {t for _, t in second_lines} == set(second) - set(first)  # only new trials ran
