@@ -17,6 +17,7 @@ is left out, so those channels are not regularized (:func:`channel_groups` says 
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -114,12 +115,19 @@ class ChannelGroup:
         # A parameter entry can belong to two rows: a layer that reads the channels it writes (a
         # residual block's conv: its weight[i, j] is in row i as an output and in row j as an
         # input). The later write would restore what a zeroed row cleared; a zero row wins.
-        dead = ~M.reshape(self.n, -1).ne(0).any(1)
-        if dead.any():
-            for s in self.slices:
-                R = s.rows(self.n).detach().clone()
-                R[dead.to(R.device)] = 0
-                s.write(R)
+        shared = self._shared()
+        if shared:
+            dead = ~M.reshape(self.n, -1).ne(0).any(1)
+            if dead.any():
+                for s in shared:
+                    R = s.rows(self.n).detach().clone()
+                    R[dead.to(R.device)] = 0
+                    s.write(R)
+
+    def _shared(self) -> list[_Slice]:
+        """The slices of a parameter that more than one slice of this group covers."""
+        counts = Counter((id(s.module), s.param) for s in self.slices)
+        return [s for s in self.slices if counts[(id(s.module), s.param)] > 1]
 
     @torch.no_grad()
     def zero(self, dead: torch.Tensor) -> None:
