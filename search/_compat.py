@@ -17,8 +17,9 @@ if TYPE_CHECKING:
     from ray.tune.search.optuna import OptunaSearch
     from ray.tune.stopper import TimeoutStopper
 
-__all__ = ["optuna_trial_of", "reopen_generator", "reset_timeout", "restored_callbacks", "restored_search_alg",
-           "set_restored_time_budget", "study_of", "tell_once", "timeout_spent"]
+__all__ = ["adopt_trial", "asked", "kept_checkpoints", "knows", "known_numbers", "optuna_trial_of",
+           "reopen_generator", "reset_timeout", "restored_callbacks", "restored_search_alg",
+           "set_restored_time_budget", "storage_id", "study_of", "tell_once", "timeout_spent", "trial_of"]
 
 
 # ---------------------------------------------------------------- Tuner (restored) internals
@@ -88,9 +89,56 @@ def optuna_trial_of(searcher: OptunaSearch, trial_id: str) -> optuna.trial.Trial
 
 def tell_once(searcher: OptunaSearch, trial_id: str, values: list | None, state: optuna.trial.TrialState) -> None:
     """Tell the study how the trial ended and record it as told (OptunaSearch's own bookkeeping,
-    so its ``on_trial_complete`` and ours never tell the same trial twice)."""
-    searcher._ot_study.tell(searcher._ot_trials[trial_id], values, state=state)
+    so its ``on_trial_complete`` and ours never tell the same trial twice). A trial the storage
+    already holds as finished is not told again: after a killed driver, Ray runs again a trial whose
+    end reached the study before Ray saved its state (the first result stands, as in MLflow)."""
+    trial = searcher._ot_trials[trial_id]
+    if not searcher._ot_study._storage.get_trial(trial._trial_id).state.is_finished():
+        searcher._ot_study.tell(trial, values, state=state)
     searcher._completed_trials.add(trial_id)
+
+
+def trial_of(searcher: OptunaSearch, trial_id: str) -> optuna.trial.Trial:
+    """The Optuna trial that runs Tune trial ``trial_id`` (asked in ``suggest``)."""
+    return searcher._ot_trials[trial_id]
+
+
+def knows(searcher: OptunaSearch, trial_id: str) -> bool:
+    return trial_id in searcher._ot_trials
+
+
+def asked(searcher: OptunaSearch) -> int:
+    """How many Optuna trials the searcher has asked for Tune trials."""
+    return len(searcher._ot_trials)
+
+
+def known_numbers(searcher: OptunaSearch) -> set[int]:
+    """The numbers (in the study) of the Optuna trials the searcher has asked."""
+    return {t.number for t in searcher._ot_trials.values()}
+
+
+def storage_id(trial: optuna.trial.FrozenTrial) -> int:
+    """The storage's id of a trial (what ``optuna.trial.Trial`` is built from; not its number)."""
+    return trial._trial_id
+
+
+def adopt_trial(searcher: OptunaSearch, trial_id: str, storage_trial_id: int) -> None:
+    """Let Tune trial ``trial_id`` run an Optuna trial asked earlier (and never told): the
+    define-by-run space then returns that trial's parameters, which the storage holds."""
+    import optuna
+
+    searcher._ot_trials[trial_id] = optuna.trial.Trial(searcher._ot_study, storage_trial_id)
+
+
+# ---------------------------------------------------------------- Trial (restored)
+
+
+def kept_checkpoints(trial: Any) -> list:
+    """The checkpoints Ray keeps for a trial (``CheckpointConfig.num_to_keep``) and will delete
+    when newer ones arrive; Ray's checkpoint manager names them only in its private list."""
+    manager = trial.run_metadata.checkpoint_manager
+    results = list(manager._checkpoint_results) + [manager.latest_checkpoint_result]
+    return [r.checkpoint for r in results if r is not None and r.checkpoint is not None]
 
 
 def study_of(searcher: OptunaSearch) -> optuna.Study:

@@ -15,10 +15,13 @@ from ray import tune
 
 from trainables.config import TrialConfig
 
+from . import _compat, faults
 from .budget import ResumableBudget
 from .frontier import Frontier, finite
 from .progress import duration, eta, summary, trial_family, trial_label
-from .tracking import Tracker
+from .samplers import TRIAL_ATTR, FullBudgetOptunaSearch
+from .store import TAG
+from .tracking import ENDED, Tracker
 
 __all__ = ["TrackingCallback"]
 
@@ -38,6 +41,8 @@ class TrackingCallback(tune.Callback):
         self.time_budget_s = time_budget_s
         self.progress_s = progress_s
         self.search_alg = None  # the search algorithm (set by run_search; not pickled)
+        self.restored = False  # set by run_search when it resumes a search
+        self.experiment_path = ""  # Ray's directory of the experiment (set by run_search)
         self._fresh_state()
 
     def _fresh_state(self) -> None:
@@ -51,14 +56,24 @@ class TrackingCallback(tune.Callback):
         self._said: dict[str, float] = {}  # trial_id -> time of its last progress line
         self._epochs: dict[str, int] = {}  # trial_id -> epochs it runs
         self._settled: set[str] = set()  # trials whose end is recorded (or was, before a restore)
+        self._restored_ids: set[str] = set()  # trials Ray restored (their end may be recorded already)
+        self.adopted = 0  # trials that ended after Ray last saved its state (they count toward the total)
+
+    def get_state(self) -> None:
+        """Nothing to save with Ray's experiment state: what this callback knows is rebuilt from
+        MLflow and the restored trials (``_reconcile``). Ray calls it last when it saves that state."""
+        faults.point("saving")
+        return None
 
     def __getstate__(self) -> dict:
-        keep = ("tracker", "total", "concurrency", "quiet", "time_budget_s", "progress_s")
+        keep = ("tracker", "total", "concurrency", "quiet", "time_budget_s", "progress_s", "experiment_path")
         return {k: self.__dict__[k] for k in keep}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self.search_alg = None
+        self.restored = False
+        self.experiment_path = state.get("experiment_path", "")
         self._fresh_state()
 
     def _say(self, text: str) -> None:
@@ -69,13 +84,70 @@ class TrackingCallback(tune.Callback):
         return self.tracker.run_for(trial.trial_id, str(trial), trial_family(trial), trial.config)
 
     def on_step_begin(self, iteration: int, trials: list, **info) -> None:
-        if not self._reconciled:  # after a restore: settle trials that ended before the interruption
+        if not self._reconciled:  # Tune calls this before it starts any trial
             self._reconciled = True
-            for trial in trials:
-                if trial.status in ("TERMINATED", "ERROR"):
-                    self._settled.add(trial.trial_id)
-                    if not self._settle(trial, replay=True):
-                        self.done += 1  # recorded before the interruption: keep counting from it
+            if self.restored:
+                self._reconcile(trials)
+
+    def _reconcile(self, trials: list) -> None:
+        """A restored search: Ray's experiment state, the Optuna study and MLflow made to agree.
+
+        Ray saves its state every few seconds; the study and MLflow are written as things happen.
+        After a Ctrl-C all three agree; after a killed driver Ray's state can be older than the
+        others (docs/ARCHITECTURE.md, "one completion, in order"), so:
+
+        - a trial Ray holds as ended but MLflow does not is recorded from Ray's last result;
+        - a trial Ray will run again keeps its checkpoints findable: one that Ray names but that
+          was deleted since becomes an empty directory (Ray deletes it again when newer ones
+          arrive, and a restore from it falls back to the newest loadable one: the trainable's
+          ``newest_state``); a trial that had finished only reports its last epoch again, and what
+          the study and MLflow already hold of it stands;
+        - trials the study holds but Ray never recorded: finished ones count toward the trial
+          count and are recorded in MLflow if they are not; unfinished ones are run again (their
+          parameters, under a new Tune trial), their MLflow run deleted.
+        """
+        ray_ids = set()
+        for trial in trials:
+            ray_ids.add(trial.trial_id)
+            self._restored_ids.add(trial.trial_id)
+            if trial.status in ("TERMINATED", "ERROR"):
+                self._settled.add(trial.trial_id)
+                if not self._settle(trial, replay=True):
+                    self.done += 1  # recorded before the interruption: keep counting from it
+            else:
+                for checkpoint in _compat.kept_checkpoints(trial):
+                    _tombstone(checkpoint)
+        searcher = _optuna_searcher(self.search_alg)
+        if searcher is None:
+            return
+        finished = searcher.reconcile()
+        adopted = {t.user_attrs[TRIAL_ATTR]: t for t in finished if TRIAL_ATTR in t.user_attrs}
+        runs = self.tracker.trial_runs()
+        for trial_id, run in runs.items():
+            if trial_id in ray_ids or run.tags.get(f"{TAG}.state") in ENDED:
+                continue
+            if trial_id in adopted:
+                ot = adopted[trial_id]
+                state = {"COMPLETE": "complete", "PRUNED": "pruned"}.get(ot.state.name, "failed")
+                values = dict(zip(searcher.metric, ot.values or []))
+                self.tracker.adopt(run.run_id, trial_id, state, values, self._final_checkpoint(trial_id))
+            else:
+                self.tracker.discard(run.run_id)
+        self.adopted = len(finished)
+        self.done += len(finished)
+        if finished or searcher.reusable:
+            self._say(f"  reconciled: {len(finished)} trials that ended after Ray last saved its state count as done; "
+                      f"{searcher.reusable} started then run again")
+
+    def _final_checkpoint(self, trial_id: str) -> Path | None:
+        """The final checkpoint (with ``result.json``) of a trial Ray never recorded, found in its
+        directory of the experiment (local storage only; None if there is none)."""
+        if not self.experiment_path or "://" in self.experiment_path:
+            return None
+        from trainables.schema import RESULT_FILE
+
+        finals = sorted(Path(self.experiment_path).glob(f"*_{trial_id}/checkpoint_*/{RESULT_FILE}"))
+        return finals[-1].parent if finals else None
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         self._run(trial)
@@ -86,6 +158,7 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         self.tracker.log_result(self._run(trial), result)
+        faults.point("reported")
         now = time.monotonic()
         if now - self._said.get(trial.trial_id, now) >= self.progress_s and result.get("final") != 1.0:
             self._said[trial.trial_id] = now
@@ -119,7 +192,12 @@ class TrackingCallback(tune.Callback):
     def _settle(self, trial, replay: bool = False) -> bool:
         """Record how the trial ended; False if a replayed trial was already recorded."""
         run = self._run(trial)
-        if replay and self.tracker.recorded(run):
+        if (replay or trial.trial_id in self._restored_ids) and self.tracker.recorded(run):
+            if not replay:  # run again after a killed driver, its end already recorded: counted, not rewritten
+                self._settled.add(trial.trial_id)
+                self.done += 1
+                self._started.pop(trial.trial_id, None)
+                self._say(f"[{self.done:>3}/{self.total}] {trial_label(trial)} recorded before the interruption")
             return False
         result = trial.last_result or {}
         self._settled.add(trial.trial_id)
@@ -137,6 +215,7 @@ class TrackingCallback(tune.Callback):
         elif result.get("final") == 1.0 and trial.checkpoint is not None:
             with trial.checkpoint.as_directory() as d:
                 self.frontier = self.tracker.complete(run, trial.trial_id, Path(d))
+            faults.point("recorded")
             self._say(f"{head} {summary(result)}  | frontier {int(self.frontier.mask.sum())} trials,"
                       f" hypervolume {self.frontier.hypervolume:.4f}{self._eta()}")
         elif self._budget_reached():
@@ -167,17 +246,36 @@ class TrackingCallback(tune.Callback):
                     self.search_alg.on_trial_complete(trial.trial_id, result=trial.last_result or {"final": 0.0})
 
     def on_experiment_end(self, trials: list, **info) -> None:
-        self.complete = len(trials) >= self.total and all(t.status in ("TERMINATED", "ERROR") for t in trials)
+        self.complete = (len(trials) + self.adopted >= self.total
+                         and all(t.status in ("TERMINATED", "ERROR") for t in trials))
         self.budget_hit = self.budget_hit or (not self.complete and self._budget_reached())
         if self.complete:
             outcome = "complete"
         elif self.budget_hit:
-            outcome = (f"time budget of {duration(self.time_budget_s)} reached: {self.total - len(trials)} trials "
+            outcome = (f"time budget of {duration(self.time_budget_s)} reached: {self.total - len(trials) - self.adopted} trials "
                        "not started (continue with --resume)")
         else:
             outcome = "interrupted (continue with --resume)"
         self.frontier = self.tracker.finish("FINISHED" if self.complete else "KILLED", outcome)
 
+
+
+def _optuna_searcher(search_alg) -> FullBudgetOptunaSearch | None:
+    """The Optuna searcher behind Tune's search algorithm (a generator around a concurrency limiter)."""
+    searcher = search_alg
+    while searcher is not None and not isinstance(searcher, FullBudgetOptunaSearch):
+        searcher = getattr(searcher, "searcher", None)
+    return searcher
+
+
+def _tombstone(checkpoint) -> None:
+    """An empty directory where a checkpoint Ray still names was deleted: Ray deletes it (again)
+    when newer checkpoints arrive, and fails on one that does not exist."""
+    import pyarrow.fs
+
+    fs = checkpoint.filesystem
+    if fs.get_file_info(checkpoint.path).type == pyarrow.fs.FileType.NotFound:
+        fs.create_dir(checkpoint.path)
 
 
 def _error_text(trial) -> str:

@@ -48,6 +48,36 @@ def find_resumable(storage: str, name: str) -> str:
 
 
 
+_STATE_FILES = ("experiment_state-{}.json", "search_gen_state-{}.json", "searcher-state-{}.pkl")
+
+
+def _set_aside_torn_state(path: str, say) -> None:
+    """Ray restores the newest of its saved experiment states (its files are named by session), and
+    a driver killed while Ray copied them to the storage can leave one torn: then the one before
+    it is restored (renamed ``*.torn``, the torn one is kept for a post-mortem), and the stores
+    make up the difference (``TrackingCallback._reconcile``). Local storage only."""
+    import json
+    import pickle
+
+    if "://" in path:
+        return
+    folder = Path(path)
+    sessions = sorted((p.name[len("experiment_state-"):-len(".json")] for p in folder.glob("experiment_state-*.json")),
+                      reverse=True)
+    for session in sessions[:-1]:  # the oldest is kept whatever it holds: Ray's error then names it
+        try:
+            json.loads((folder / _STATE_FILES[0].format(session)).read_text())
+            json.loads((folder / _STATE_FILES[1].format(session)).read_text())
+            with open(folder / _STATE_FILES[2].format(session), "rb") as f:
+                pickle.load(f)
+            return
+        except Exception as e:  # torn (or missing): the session before it
+            for name in _STATE_FILES:
+                if (folder / name.format(session)).exists():
+                    (folder / name.format(session)).rename(folder / (name.format(session) + ".torn"))
+            say(f"  Ray's experiment state of {session} is torn ({type(e).__name__}); restoring the one before it")
+
+
 def _quiet_libraries() -> None:
     """Keep the search's own lines readable: Optuna's "A new study created" (one per study, and per
     importance sub-study), MLflow's table-creation lines, and Ray's note that token authentication
@@ -107,10 +137,13 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
         if spec.resources.gpu > 0 and gpus < spec.resources.gpu:
             raise SpecError([("resources.gpu", f"the Ray cluster has {gpus:g} GPUs", spec.resources.gpu)])
         if path:
+            _set_aside_torn_state(path, say=print if not quiet else lambda _: None)
             tuner = tune.Tuner.restore(path, trainable=make_trainable(spec), resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
             callback = _callback_of(tuner)
             callback.search_alg = _compat.restored_search_alg(tuner)
+            callback.restored = True
+            callback.experiment_path = path
             if callback.total != spec.trials:
                 raise SpecError([("trials", f"a resumed search runs the {callback.total} trials it was started "
                                             f"with; start a new search for {spec.trials}", spec.trials)])
@@ -123,6 +156,7 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
             tracker = Tracker(uri, spec.name, search_id, list(spec.objectives), spec_yaml, _search_params(spec),
                               compares=_compares(spec), optuna_storage=optuna_url)
             callback = TrackingCallback(tracker, spec.trials, spec.concurrency, quiet, budget)
+            callback.experiment_path = f"{storage.rstrip('/')}/{search_id}"
             tuner = _new_tuner(spec, storage, search_id, callback, optuna_url, budget)
         callback.quiet = quiet
         say_start(callback._say, spec, search_id, storage, uri, optuna_url, callback.tracker.url,

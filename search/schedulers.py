@@ -114,7 +114,7 @@ class MOASHAScheduler(FIFOScheduler):
     """
 
     def __init__(self, objectives: Sequence[tuple[str, str]], *, max_t: int, grace_period: int = 1,
-                 reduction_factor: float = 3.0, time_attr: str = "training_iteration"):
+                 reduction_factor: float = 3.0, time_attr: str = "epoch"):
         super().__init__()
         if not objectives:
             raise ValueError("MOASHAScheduler needs at least one objective, got none")
@@ -186,6 +186,6 @@ def make_scheduler(spec: SearchSpec):
     if s.type == "moasha":  # stops are recorded as PRUNED like ASHA's: the last report is not final
         return MOASHAScheduler([(o.metric, o.mode) for o in spec.objectives], max_t=s.max_t or max_epochs(spec),
                                grace_period=s.grace_period, reduction_factor=s.reduction_factor)
-    return ASHAScheduler(time_attr="training_iteration", metric=s.metric, mode=s.mode, max_t=max_epochs(spec),
+    return ASHAScheduler(time_attr="epoch", metric=s.metric, mode=s.mode, max_t=max_epochs(spec),
                          grace_period=s.grace_period, reduction_factor=s.reduction_factor)
 

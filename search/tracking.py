@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from trainables.schema import ARTIFACTS
 
+from . import faults
 from .frontier import CHANCE_CAUSES, Frontier, Objective, better, objective_matrix, objectives_to_json
 from .locations import run_url, runs_url
 from .store import TAG, ClientReader, RunRecord, failure_summary, load_frontier, row_of
@@ -172,9 +173,7 @@ class Tracker:
             if found[0].data.tags.get(f"{TAG}.state") == INTERRUPTED:  # it goes on now
                 self.client.set_tag(rid, f"{TAG}.state", "running")
                 self.client.update_run(rid, status="RUNNING")
-            # what it already holds: a trial resumed from an older checkpoint repeats epochs
-            self._steps[rid] = {key: max((m.step for m in self.client.get_metric_history(rid, key)), default=-1)
-                                for key in found[0].data.metrics}
+            self._load_steps(rid, found[0].data.metrics)
             return rid
         tags = {"mlflow.parentRunId": parent, f"{TAG}.search_id": self.search_id,
                 f"{TAG}.trial_id": trial_id, f"{TAG}.regularizer": regularizer, f"{TAG}.state": "running"}
@@ -189,6 +188,11 @@ class Tracker:
             self.client.log_batch(rid, params=params[i:i + 100])
         self._runs[trial_id] = rid
         return rid
+
+    def _load_steps(self, run_id: str, metrics: dict) -> None:
+        """What a found run already holds: a trial resumed from an older checkpoint repeats epochs."""
+        self._steps[run_id] = {key: max((m.step for m in self.client.get_metric_history(run_id, key)), default=-1)
+                               for key in metrics}
 
     # -- trial events ---------------------------------------------------------------------------
 
@@ -232,6 +236,7 @@ class Tracker:
             for name in ARTIFACTS:
                 if (artifacts / name).exists():
                     self.client.log_artifact(run_id, str(artifacts / name))
+        faults.point("artifacts")
         self.client.set_tag(run_id, f"{TAG}.state", "complete")
         self.client.set_terminated(run_id, "FINISHED")
         rows = self._complete_rows()
@@ -297,6 +302,43 @@ class Tracker:
                 Metric("frontier_size", float(frontier.mask.sum()), ts, len(rows))])
             self._logged_at = len(rows)
         return frontier
+
+    def trial_runs(self) -> dict[str, RunRecord]:
+        """This search's child runs by trial id (after a restore: what MLflow already holds)."""
+        return {r.tags[f"{TAG}.trial_id"]: r for r in self.reader.children(self.experiment_id, self.parent_id)
+                if f"{TAG}.trial_id" in r.tags}
+
+    def discard(self, run_id: str) -> None:
+        """Delete the run of an attempt that the search abandoned (a trial started after Ray last
+        saved its state, before the driver was killed: its parameters run again under a new trial)."""
+        self._runs = {t: r for t, r in self._runs.items() if r != run_id}
+        self.client.delete_run(run_id)
+
+    def adopt(self, run_id: str, trial_id: str, state: str, values: dict[str, float],
+              checkpoint: Path | None) -> None:
+        """Record the end of a trial that reached the Optuna study but not MLflow before the driver
+        was killed (and that Ray, whose state was older, never recorded): from its final checkpoint
+        (epochs, final metrics, artifacts) when it has one, else from the study's values."""
+        self._load_steps(run_id, self.client.get_run(run_id).data.metrics)
+        if state == "complete":
+            if checkpoint is not None:
+                import json
+
+                from trainables.schema import RESULT_FILE
+
+                payload = json.loads((checkpoint / RESULT_FILE).read_text())
+                history = payload.pop("history", [])
+                for epoch in history[:-1]:
+                    self.log_result(run_id, epoch)
+                self.log_result(run_id, {**(history[-1] if history else {}), **payload, "final": 1.0})
+            else:
+                self.log_result(run_id, {**values, "final": 1.0})
+            self.complete(run_id, trial_id, checkpoint)
+        elif state == "pruned":
+            self.pruned(run_id, -1)
+        else:
+            self.failed(run_id, "the trial failed; its error was not recorded (the search's driver was killed "
+                                "before it reached MLflow)", "failed (error not recorded: the driver was killed)")
 
     def recorded(self, run_id: str) -> bool:
         """Whether the run's end is recorded (complete, failed, pruned or stopped)."""

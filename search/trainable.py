@@ -9,6 +9,7 @@ failed trial. Paths are absolute: Ray runs each trial in its own working directo
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -23,9 +24,10 @@ from trainables.config import TrialConfig
 
 from .spec import SearchSpec
 
-__all__ = ["STATE_FILE", "make_trainable", "train_trial"]
+__all__ = ["EPOCH_FILE", "STATE_FILE", "make_trainable", "newest_state", "train_trial"]
 
 STATE_FILE = "state.pt"
+EPOCH_FILE = "epoch.json"  # {"epoch": k}: which of a trial's checkpoints is newest, without loading them
 
 
 def train_trial(config: dict[str, Any], checkpoint_every_s: float = 0.0, import_paths: tuple[str, ...] = ()) -> None:
@@ -42,11 +44,7 @@ def train_trial(config: dict[str, Any], checkpoint_every_s: float = 0.0, import_
     from trainables import TrainingDiverged, fit, save_run
 
     cfg = TrialConfig.from_dict(config)
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume = torch.load(Path(d) / STATE_FILE, weights_only=True)
+    resume = newest_state(tune.get_checkpoint(), cfg.to_dict())
 
     last_checkpoint = time.monotonic()
 
@@ -61,6 +59,7 @@ def train_trial(config: dict[str, Any], checkpoint_every_s: float = 0.0, import_
         last_checkpoint = time.monotonic()
         with tempfile.TemporaryDirectory() as d:
             torch.save(epoch.state(), Path(d) / STATE_FILE)
+            (Path(d) / EPOCH_FILE).write_text(json.dumps({"epoch": int(epoch.metrics.get("epoch", 0))}))
             if epoch.result is not None:
                 save_run(epoch.result, d)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
@@ -74,6 +73,48 @@ def train_trial(config: dict[str, Any], checkpoint_every_s: float = 0.0, import_
         # the same way again, so report it instead of raising, and Ray does not retry it
         tune.report({"trial_failed": 1.0, "final": 0.0, "cause": _one_line(e),
                      "error": "".join(traceback.format_exception(e))})
+
+
+def newest_state(checkpoint: tune.Checkpoint | None, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The training state to resume from: the newest loadable checkpoint of this trial.
+
+    Normally that is the one Ray hands over. After the driver was killed, Ray's restored
+    experiment state can be older than the trial's directory: the checkpoint it names may have been
+    deleted since (Ray keeps two), a newer one may exist (written after Ray last saved its state),
+    and one may be half written. So every ``checkpoint_*`` beside Ray's is a candidate, newest
+    epoch first; the first that loads and was written for this config wins, and with none the
+    trial starts over. A trial that had finished resumes from its final checkpoint and only
+    reports its last epoch again."""
+    import pyarrow.fs
+    import torch
+
+    if checkpoint is None:
+        return None
+    fs, parent = checkpoint.filesystem, os.path.dirname(checkpoint.path.rstrip("/"))
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
+    except OSError:
+        infos = []
+    paths = {i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
+             and i.base_name.startswith("checkpoint_")} | {checkpoint.path}
+
+    def epoch_of(path: str) -> int:
+        try:
+            with fs.open_input_stream(f"{path}/{EPOCH_FILE}") as f:
+                return int(json.loads(f.read())["epoch"])
+        except Exception:  # missing (a checkpoint of an older version, a deleted one) or torn
+            return -1
+
+    ranked = sorted(paths, key=lambda p: (epoch_of(p), p == checkpoint.path, p), reverse=True)
+    for path in ranked:
+        try:
+            with tune.Checkpoint(path, filesystem=fs).as_directory() as d:
+                state = torch.load(Path(d) / STATE_FILE, weights_only=True)
+        except Exception:  # gone, empty or half written: try the next one
+            continue
+        if isinstance(state, dict) and state.get("config") == config:
+            return state
+    return None
 
 
 def _trial_cpus() -> int:

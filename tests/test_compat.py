@@ -45,6 +45,44 @@ def test_optuna_search_trial_map_study_and_told_set():
     assert study.trials[1].values == [1.0, 2.0]
 
 
+def test_a_finished_trial_is_not_told_again_and_an_asked_one_is_adopted_with_its_parameters():
+    """What a resume after a killed driver relies on: the study's own state decides whether a
+    tell happens, and a trial asked before the kill runs again with the parameters it was given."""
+    sr = _optuna_search()
+    sr.suggest("t0")
+    study = _compat.study_of(sr)
+    study.tell(_compat.trial_of(sr, "t0"), [1.0, 2.0])  # told before Ray saved the searcher
+    stale = pickle.loads(pickle.dumps(sr))  # a copy that has not heard of it
+    assert _compat.optuna_trial_of(stale, "t0") is not None
+    _compat.tell_once(stale, "t0", [3.0, 4.0], optuna.trial.TrialState.COMPLETE)  # no "Cannot tell a COMPLETE trial"
+    assert _compat.optuna_trial_of(stale, "t0") is None
+    assert [t.values for t in _compat.study_of(stale).trials] == [[1.0, 2.0]]  # the first result stands
+
+    asked = _compat.study_of(stale).ask()
+    x = asked.suggest_float("x", 0.0, 1.0)
+    frozen = _compat.study_of(stale).trials[-1]
+    assert _compat.asked(stale) == 1 and frozen.number not in _compat.known_numbers(stale)
+    _compat.adopt_trial(stale, "t1", _compat.storage_id(frozen))
+    assert _compat.knows(stale, "t1") and frozen.number in _compat.known_numbers(stale)
+    assert stale.suggest("t1") == {"x": x}  # the define-by-run space gives back the stored value
+    assert len(_compat.study_of(stale).trials) == 2  # nothing new asked
+
+
+def test_kept_checkpoints_of_a_trial(tmp_path):
+    from ray.train import CheckpointConfig
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.experiment import Trial
+
+    trial = Trial("x", stub=True, checkpoint_config=CheckpointConfig(num_to_keep=2))
+    for i in range(3):
+        (tmp_path / f"checkpoint_{i}").mkdir()
+        trial.run_metadata.checkpoint_manager.register_checkpoint(
+            _TrainingResult(tune.Checkpoint.from_directory(str(tmp_path / f"checkpoint_{i}")), {"i": i}))
+    kept = sorted({c.path for c in _compat.kept_checkpoints(trial)})
+    assert kept == [str(tmp_path / "checkpoint_1"), str(tmp_path / "checkpoint_2")]
+    assert not (tmp_path / "checkpoint_0").exists()  # what Ray deletes when it keeps two
+
+
 def test_search_generator_reopened_after_being_finished():
     generator = SearchGenerator(_optuna_search())
     generator.set_state({**generator.get_state(), "total_samples": 4})  # 4 trials, none started

@@ -17,7 +17,7 @@ ACC_PARAMS = [("val_accuracy", "max"), ("params_nonzero", "min")]
 
 
 def report(sched: MOASHAScheduler, trial: str, epoch: int, **metrics) -> str:
-    return sched.on_trial_result(None, SimpleNamespace(trial_id=trial), {"training_iteration": epoch, **metrics})
+    return sched.on_trial_result(None, SimpleNamespace(trial_id=trial), {"epoch": epoch, **metrics})
 
 
 def test_rungs_lie_below_max_t():
@@ -97,7 +97,7 @@ def test_reports_without_objectives_neither_stop_nor_count():
 
 def test_completed_trials_are_recorded_and_state_pickles():
     s = MOASHAScheduler(ACC_PARAMS, max_t=4, reduction_factor=2)
-    s.on_trial_complete(None, SimpleNamespace(trial_id="done"), {"training_iteration": 4, "val_accuracy": 0.9,
+    s.on_trial_complete(None, SimpleNamespace(trial_id="done"), {"epoch": 4, "val_accuracy": 0.9,
                                                                   "weights_nonzero": 10})
     assert s.recorded[2].keys() == {"done"} and s.num_stopped == 0
     restored = pickle.loads(pickle.dumps(s))  # Ray saves the scheduler with the experiment

@@ -494,3 +494,63 @@ def test_a_search_whose_every_trial_is_at_chance_says_so(tmp_path, monkeypatch, 
     outcome.frontier.rows[0]["val_at_chance"] = 0
     assert not outcome.frontier.at_chance and main(["search", str(spec_file)]) == 0
     assert "chance" not in capsys.readouterr().err
+
+
+def test_a_trial_resumes_from_its_newest_loadable_checkpoint(tmp_path):
+    """After a killed driver Ray may name a checkpoint that was deleted since (or that is an
+    empty stand-in), and newer ones, one half written, may sit beside it."""
+    import json
+
+    import torch
+    from ray import tune
+
+    from search.trainable import EPOCH_FILE, STATE_FILE, newest_state
+
+    config = {"seed": 1}
+
+    def write(name: str, epoch: int, cfg: dict | None = None, torn: bool = False) -> str:
+        d = tmp_path / name
+        d.mkdir()
+        (d / EPOCH_FILE).write_text(json.dumps({"epoch": epoch}))
+        if torn:
+            (d / STATE_FILE).write_bytes(b"PK\x03\x04 half of a zip")
+        else:
+            torch.save({"config": cfg or config, "epoch": epoch}, d / STATE_FILE)
+        return str(d)
+
+    named = tune.Checkpoint.from_directory(str(tmp_path / "checkpoint_000001"))  # deleted since
+    assert newest_state(named, config) is None  # nothing loadable: the trial starts over
+    (tmp_path / "checkpoint_000001").mkdir()  # the empty stand-in the callback leaves for Ray
+    write("checkpoint_000002", 3)
+    write("checkpoint_000003", 4)
+    write("checkpoint_000004", 6, torn=True)  # the driver died while it was written
+    write("checkpoint_000005", 9, cfg={"seed": 2})  # not this trial's config
+    assert newest_state(named, config)["epoch"] == 4
+    assert newest_state(None, config) is None  # Ray names none: a fresh start
+    ray_own = tune.Checkpoint.from_directory(write("checkpoint_000006", 5))
+    assert newest_state(ray_own, config)["epoch"] == 5  # normally: Ray's own, the newest
+
+
+def test_a_torn_experiment_state_is_set_aside_for_the_one_before_it(tmp_path):
+    """A driver killed while Ray copied its experiment state leaves the newest session's files
+    torn; the resume restores the session before it (the stores make up the rest)."""
+    import json
+
+    from search.run import _set_aside_torn_state
+
+    def session(name: str, torn: bool = False) -> None:
+        text = json.dumps({"trial_data": [], "name": name})
+        (tmp_path / f"experiment_state-{name}.json").write_text(text[:10] if torn else text)
+        (tmp_path / f"search_gen_state-{name}.json").write_text("{}")
+        (tmp_path / f"searcher-state-{name}.pkl").write_bytes(pickle.dumps({"s": name}))
+
+    session("2026-01-01_10-00-00")
+    session("2026-01-01_11-00-00", torn=True)
+    said = []
+    _set_aside_torn_state(str(tmp_path), said.append)
+    assert sorted(p.name for p in tmp_path.glob("experiment_state-*.json")) == ["experiment_state-2026-01-01_10-00-00.json"]
+    assert (tmp_path / "searcher-state-2026-01-01_11-00-00.pkl.torn").exists()
+    assert len(said) == 1 and "2026-01-01_11-00-00 is torn" in said[0]
+    session("2026-01-01_12-00-00")  # a whole one: nothing set aside
+    _set_aside_torn_state(str(tmp_path), said.append)
+    assert len(list(tmp_path.glob("experiment_state-*.json"))) == 2 and len(said) == 1
