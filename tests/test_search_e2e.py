@@ -290,6 +290,39 @@ def test_two_ctrl_c_stop_at_once_leave_no_run_running_and_say_how_to_resume(tmp_
         assert c.info.status == "KILLED" and c.data.tags[f"{TAG}.state"] == "interrupted"
 
 
+def test_sigterm_stops_like_ctrl_c_exits_130_and_leaves_no_run_running(tmp_path):
+    """`kill PID` (what a scheduler, systemd or `timeout` sends) stops the search as a first Ctrl-C
+    does, not with Ray's C++ stack dump and an abort (exit 134) that left every run RUNNING."""
+    spec_dict = tiny(tmp_path, trials=4, concurrency=2)
+    spec_dict["base"]["data"] = SLOW_DIGITS
+    spec_dict["base"]["optim"]["epochs"] = 100_000  # hours on any machine: both are running when it is stopped
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec_dict))
+    proc = _start(["search", str(path)], tmp_path)
+    seen = []
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:  # both trials running
+        seen.append(line)
+        if "(2 running" in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=180)
+    seen.append(out)
+    text = "".join(seen)
+    assert proc.returncode == 130, text[-3000:]
+    assert f"interrupted; continue it with: sparsetune search {path} --resume" in text, text[-3000:]
+    for dump in ("SIGTERM received", "Aborted", "PC: @", "Traceback"):
+        assert dump not in text, text[-3000:]
+    client, [parent], children = mlflow_runs(tmp_path)
+    assert parent.info.status == "KILLED" and len(children) == 2
+    for c in children:
+        assert c.info.status == "KILLED" and c.data.tags[f"{TAG}.state"] == "interrupted"
+    # Tune saved the experiment: the resume hint names a search that --resume finds
+    from search.run import find_resumable
+
+    assert find_resumable(str(tmp_path / "ray"), "tiny") == f"{tmp_path / 'ray'}/{parent.info.run_name}"
+
+
 def test_relative_data_path_is_resolved_where_the_search_starts(ray_session, tmp_path, monkeypatch):
     """Ray runs trials in their own directories: a relative path in the spec means the directory
     the search was started from (here not the directory Ray was started from)."""
