@@ -1,0 +1,92 @@
+"""The driver's guards (search/driver.py) without a Ray runtime: search ids, the store lock."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from search.driver import new_search_id, search_id_stamp
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_two_ids_made_in_the_same_second_differ_and_sort_after_an_older_one():
+    now = time.time()
+    older = new_search_id("tiny", now - 1)
+    legacy = f"tiny-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now - 1))}"  # an id before the suffix
+    ids = {new_search_id("tiny", now) for _ in range(20)}
+    assert len(ids) > 1  # 4 random hex digits: 20 equal ids would be a 1 in 65536^19 chance
+    for i in ids:
+        assert i > older and i > legacy
+        assert search_id_stamp("tiny", i) == time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    assert search_id_stamp("tiny", legacy) == legacy[len("tiny-"):]  # old ids still resume
+
+
+@pytest.mark.parametrize("search_id", ["tiny-big-20261204-023534-ab12", "tiny-20261204-0235", "tiny-notes",
+                                       "tiny-20261204-023534-ABCD", "other-20261204-023534"])
+def test_an_id_of_another_spec_or_no_search_is_no_search_of_the_spec(search_id):
+    assert search_id_stamp("tiny", search_id) is None
+
+
+def test_find_resumable_picks_the_latest_search_of_the_name_with_or_without_the_suffix(tmp_path, monkeypatch):
+    from ray import tune
+
+    from search.run import find_resumable
+
+    for name in ("tiny-20261203-120000", "tiny-20261204-010000-00ff", "tiny-20261204-010000",
+                 "tiny-big-20261205-000000-aaaa", "tiny-20261201-000000-ffff"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setattr(tune.Tuner, "can_restore", staticmethod(lambda path: True))
+    # two started in the same second: the one whose directory changed last
+    os.utime(tmp_path / "tiny-20261204-010000", (1_000_000, 1_000_000))
+    assert find_resumable(str(tmp_path), "tiny") == f"{tmp_path}/tiny-20261204-010000-00ff"
+    os.utime(tmp_path / "tiny-20261204-010000-00ff", (1_000, 1_000))
+    assert find_resumable(str(tmp_path), "tiny") == f"{tmp_path}/tiny-20261204-010000"
+    (tmp_path / "tiny-20261204-010000").rmdir()
+    (tmp_path / "tiny-20261204-010000-00ff").rmdir()
+    assert find_resumable(str(tmp_path), "tiny") == f"{tmp_path}/tiny-20261203-120000"
+    assert find_resumable(str(tmp_path), "tiny-big") == f"{tmp_path}/tiny-big-20261205-000000-aaaa"
+
+
+_CREATE = """
+import os, sys, time
+from pathlib import Path
+go = Path(sys.argv[1])
+from search.driver import prepare_stores  # imported first: both create the stores at the same moment
+import mlflow.tracking, optuna.storages  # noqa: F401
+Path(sys.argv[2]).touch()
+while not go.exists():
+    time.sleep(0.01)
+prepare_stores(sys.argv[3], sys.argv[4], "tiny")
+print("created")
+"""
+
+
+def test_two_drivers_creating_the_same_fresh_sqlite_stores_at_once_both_succeed(tmp_path):
+    """Two searches started together on a fresh store: MLflow's and Optuna's table creation (their
+    migrations) run one process at a time, and both find one experiment afterwards."""
+    uri, optuna_url = f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/optuna.db"
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    procs = [subprocess.Popen([sys.executable, "-c", _CREATE, str(go), str(tmp_path / f"ready{i}"), uri, optuna_url],
+                              env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for i in range(2)]
+    deadline = time.monotonic() + 240
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)) and time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.05)
+    go.touch()  # both released together
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0 and "created" in out, out[-3000:]
+    from mlflow.tracking import MlflowClient
+    import optuna
+
+    assert [e.name for e in MlflowClient(uri).search_experiments()].count("tiny") == 1
+    optuna.create_study(storage=optuna_url, study_name="after")  # the storage is whole
