@@ -9,6 +9,16 @@ SIGTERM stopping a search as a first Ctrl-C does.
   migrations) when first opened; two drivers doing that at once on a fresh file crash one of them.
   :func:`prepare_stores` opens both under a file lock beside each SQLite file (no lock for a
   server or another database: it serialises its own writers).
+- **A search whose driver died before Ray saved it** (``kill -9`` in its first seconds): Ray
+  writes ``tuner.pkl`` when the ``Tuner`` is made, which is all ``Tuner.can_restore`` looks for,
+  but the search space (the spec's ``base``) and the searcher's state are saved only with the
+  experiment state (``experiment_state-*.json``, ``searcher-state-*.pkl``), the first time Tune
+  checkpoints the experiment. ``Tuner.restore`` of such a directory logs "Failed to restore the
+  run state", restarts the experiment with an empty ``param_space`` and so trains networks of
+  the built-in defaults (``hidden [300]``, 10 epochs, ``device auto``). :func:`ray_saved_state`
+  tells the two apart; a search Ray saved nothing of is run again from its spec under the same id
+  (its parent run and Optuna study go on), after :func:`settle_lost_start` checked that the spec
+  is the one it was started with and closed what the dead driver left open.
 - **SIGTERM** (``kill``, ``timeout``, a scheduler, systemd): Ray's core worker, loaded into the
   driver by ``ray.init``, installs abseil's failure-signal handler for SIGTERM at the C level; it
   prints a C++ stack dump and aborts the driver (exit status 134), so Tune saves nothing and the
@@ -31,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["new_search_id", "search_id_stamp", "prepare_stores", "store_lock", "sigterm_as_ctrl_c",
-           "restore_sigterm"]
+           "restore_sigterm", "check_run_dir", "ray_saved_state", "settle_lost_start"]
 
 _STAMP = re.compile(r"(\d{8}-\d{6})(?:-([0-9a-f]{4}))?")
 
@@ -105,3 +115,85 @@ def sigterm_as_ctrl_c() -> Any:
 def restore_sigterm(previous: Any) -> None:
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _fs(path: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (pyarrow.fs.LocalFileSystem(), path)
+
+
+def check_run_dir(path: str) -> str:
+    """``--resume RUN_DIR``: a search's Ray directory (``SpecError`` naming ``--resume`` if not)."""
+    from ray import tune
+
+    from .spec import SpecError
+
+    if not tune.Tuner.can_restore(path):
+        raise SpecError([("--resume", "not the Ray directory of a search (no tuner.pkl in it): give the "
+                                      "directory the interrupted search printed after 'Ray storage:'", path)])
+    return path
+
+
+def ray_saved_state(path: str) -> bool:
+    """Whether Tune saved the experiment in ``path`` (an ``experiment_state-*.json``): only then
+    does ``Tuner.restore`` bring back its search space, searcher and trials."""
+    import pyarrow.fs
+
+    fs, root = _fs(path)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    return any(i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json") for i in infos)
+
+
+LOST_CAUSE = "the search's driver died before Ray saved the search; it started again from its spec"
+
+
+def settle_lost_start(tracking_uri: str, optuna_url: str, experiment: str, search_id: str, trials: int,
+                      spec_yaml: str) -> None:
+    """Before a search that Ray saved nothing of runs again under its id: refuse (``SpecError``,
+    exit 2) a spec other than the one it was started with (its ``spec.yaml`` on the parent run;
+    the trial count as the parent's ``trials`` param), then close what the dead driver left open:
+    its trials' runs KILLED, tagged ``interrupted`` with the cause (their trials are asked again
+    from Optuna, as new trials), and the study's RUNNING trials FAIL (the sampler ignores them)."""
+    import optuna
+    import yaml
+
+    from .spec import SpecError
+    from .store import TAG, ClientReader
+
+    reader = ClientReader(tracking_uri)
+    exp_id, parent = reader.find_search(experiment, search_id)
+    if parent is not None:
+        started_with = parent.params.get("trials")
+        if started_with is not None and int(started_with) != trials:
+            raise SpecError([("trials", f"a resumed search runs the {started_with} trials it was started with; "
+                                        f"start a new search for {trials}", trials)])
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                recorded = Path(reader.download(parent.run_id, "spec.yaml", Path(tmp))).read_text()
+            except Exception:  # killed before the parent's spec.yaml was written
+                recorded = None
+        if recorded is not None and _without_trials(yaml.safe_load(recorded)) != _without_trials(
+                yaml.safe_load(spec_yaml)):
+            raise SpecError([("--resume", f"the spec is not the one search {search_id} was started with (its "
+                                          "spec.yaml on the parent run); resume with that spec or start a new "
+                                          "search", search_id)])
+        client = reader.client
+        for run in reader.children(exp_id, parent.run_id):
+            if run.status == "RUNNING":
+                client.set_tag(run.run_id, f"{TAG}.state", "interrupted")
+                client.set_tag(run.run_id, f"{TAG}.pareto", "false")
+                client.set_tag(run.run_id, f"{TAG}.cause", LOST_CAUSE)
+                client.set_terminated(run.run_id, "KILLED")
+    try:
+        study = optuna.load_study(study_name=search_id, storage=optuna_url)
+    except KeyError:  # killed before the study was created
+        return
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+def _without_trials(spec: Any) -> Any:
+    return {k: v for k, v in spec.items() if k != "trials"} if isinstance(spec, dict) else spec

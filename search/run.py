@@ -19,7 +19,8 @@ from ray.tune.search import ConcurrencyLimiter
 from . import _compat
 from .budget import ResumableBudget, ResumableGenerator
 from .callbacks import TrackingCallback
-from .driver import new_search_id, prepare_stores, restore_sigterm, search_id_stamp, sigterm_as_ctrl_c
+from .driver import (check_run_dir, new_search_id, prepare_stores, ray_saved_state, restore_sigterm, search_id_stamp,
+                     settle_lost_start, sigterm_as_ctrl_c)
 from .frontier import Frontier
 from .importances import log_importances
 from .progress import say_start, trial_family
@@ -99,13 +100,19 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
     storage = resolve_storage(spec.storage)
     uri = resolve_tracking_uri(spec.tracking_uri)
     optuna_url = resolve_optuna_storage(spec.optuna_storage, uri)
-    path = (find_resumable(storage, spec.name) if resume == "latest" else resume) if resume else None
+    path = (find_resumable(storage, spec.name) if resume == "latest" else check_run_dir(resume)) if resume else None
     search_id = Path(path).name if path else new_search_id(spec.name)
+    # the driver died before Ray saved the search: restoring it would run the built-in defaults
+    # (search/driver.py); it runs again from the spec under its id
+    restart = bool(path) and not ray_saved_state(path)
+    path = None if restart else path
     _quiet_libraries()
     started = _init_ray(address)
     previous_sigterm = sigterm_as_ctrl_c()  # after ray.init, whose C++ handler would abort the driver
     try:
         prepare_stores(uri, optuna_url, spec.name)  # one driver at a time creates a fresh store
+        if restart:
+            settle_lost_start(uri, optuna_url, spec.name, search_id, spec.trials, spec_yaml)
         gpus = ray.cluster_resources().get("GPU", 0)
         if spec.resources.gpu > 0 and gpus < spec.resources.gpu:
             raise SpecError([("resources.gpu", f"the Ray cluster has {gpus:g} GPUs", spec.resources.gpu)])
@@ -129,7 +136,7 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
             tuner = _new_tuner(spec, storage, search_id, callback, optuna_url, budget)
         callback.quiet = quiet
         say_start(callback._say, spec, search_id, storage, uri, optuna_url, callback.tracker.url,
-                  resumed=bool(path), budget=budget)
+                  resumed=bool(path) or restart, budget=budget)
         try:
             tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C: Tune stops at once, without on_experiment_end
