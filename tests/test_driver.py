@@ -90,3 +90,35 @@ def test_two_drivers_creating_the_same_fresh_sqlite_stores_at_once_both_succeed(
 
     assert [e.name for e in MlflowClient(uri).search_experiments()].count("tiny") == 1
     optuna.create_study(storage=optuna_url, study_name="after")  # the storage is whole
+
+
+def test_a_search_lost_before_ray_saved_it_is_settled_and_another_spec_is_refused(tmp_path):
+    """What `--resume` does before running again a search whose driver died before Ray saved it:
+    another spec or trial count is refused naming the field; the dead driver's open runs are
+    KILLED with the cause and its RUNNING Optuna trials FAIL (the sampler ignores them)."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from search.driver import LOST_CAUSE, settle_lost_start
+    from search.frontier import Objective
+    from search.spec import SpecError
+    from search.tracking import Tracker
+
+    uri, optuna_url = f"sqlite:///{tmp_path}/m.db", f"sqlite:///{tmp_path}/o.db"
+    spec_yaml = "name: exp\ntrials: 3\nbase: {model: {name: mlp, hidden: [16]}}\n"
+    tracker = Tracker(uri, "exp", "exp-1", [Objective(metric="val_accuracy", mode="max")], spec_yaml, {"trials": 3})
+    lost = tracker.run_for("t1", "cges_t1", "cges", {"regularizer": {"name": "cges"}})
+    study = optuna.create_study(storage=optuna_url, study_name="exp-1")
+    study.ask()  # the dead driver's trial, RUNNING
+
+    with pytest.raises(SpecError, match=r"trials: a resumed search runs the 3 trials it was started with"):
+        settle_lost_start(uri, optuna_url, "exp", "exp-1", 4, spec_yaml)
+    with pytest.raises(SpecError, match=r"--resume: the spec is not the one search exp-1 was started with"):
+        settle_lost_start(uri, optuna_url, "exp", "exp-1", 3, spec_yaml.replace("[16]", "[300]"))
+    assert MlflowClient(uri).get_run(lost).info.status == "RUNNING"  # nothing touched when refused
+
+    settle_lost_start(uri, optuna_url, "exp", "exp-1", 3, "# the same spec, reformatted\n" + spec_yaml)
+    run = MlflowClient(uri).get_run(lost)
+    assert run.info.status == "KILLED" and run.data.tags["sparsetune.state"] == "interrupted"
+    assert run.data.tags["sparsetune.cause"] == LOST_CAUSE
+    assert [t.state.name for t in optuna.load_study(study_name="exp-1", storage=optuna_url).trials] == ["FAIL"]
