@@ -1,7 +1,8 @@
-"""The search driver's guards: a unique search id, one process at a time creating the stores, and
-SIGTERM stopping a search as a first Ctrl-C does.
+"""The search driver's guards: a unique search id, one process at a time creating the stores, a
+resume of a search whose driver died before Ray saved it, and SIGTERM stopping a search as a first
+Ctrl-C does.
 
-- **Search ids** are ``<name>-<YYYYmmdd-HHMMSS>-<4 hex>``: sortable by start time to the second,
+- **Search ids** are ``<name>-<YYYYmmdd-HHMMSS>-<6 hex>``: sortable by start time to the second,
   and two searches started in the same second (two terminals, a job array) get two ids, so two
   Ray experiments, two parent runs and two Optuna studies, never one merged search. Ids made
   before the suffix (``<name>-<YYYYmmdd-HHMMSS>``) are still found and resumed.
@@ -43,13 +44,13 @@ from typing import Any
 __all__ = ["new_search_id", "search_id_stamp", "prepare_stores", "store_lock", "sigterm_as_ctrl_c",
            "restore_sigterm", "check_run_dir", "ray_saved_state", "settle_lost_start"]
 
-_STAMP = re.compile(r"(\d{8}-\d{6})(?:-([0-9a-f]{4}))?")
+_STAMP = re.compile(r"(\d{8}-\d{6})(?:-([0-9a-f]{6}))?")
 
 
 def new_search_id(name: str, now: float | None = None) -> str:
-    """``<name>-<YYYYmmdd-HHMMSS>-<4 random hex digits>`` (local time, like the ids before it)."""
+    """``<name>-<YYYYmmdd-HHMMSS>-<6 random hex digits>`` (local time, like the ids before it)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    return f"{name}-{stamp}-{secrets.token_hex(2)}"
+    return f"{name}-{stamp}-{secrets.token_hex(3)}"
 
 
 def search_id_stamp(name: str, search_id: str) -> str | None:

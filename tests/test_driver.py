@@ -20,15 +20,15 @@ def test_two_ids_made_in_the_same_second_differ_and_sort_after_an_older_one():
     older = new_search_id("tiny", now - 1)
     legacy = f"tiny-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now - 1))}"  # an id before the suffix
     ids = {new_search_id("tiny", now) for _ in range(20)}
-    assert len(ids) > 1  # 4 random hex digits: 20 equal ids would be a 1 in 65536^19 chance
+    assert len(ids) > 1  # 6 random hex digits: 20 equal ids would be a 1 in 2^(24*19) chance
     for i in ids:
         assert i > older and i > legacy
         assert search_id_stamp("tiny", i) == time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     assert search_id_stamp("tiny", legacy) == legacy[len("tiny-"):]  # old ids still resume
 
 
-@pytest.mark.parametrize("search_id", ["tiny-big-20261204-023534-ab12", "tiny-20261204-0235", "tiny-notes",
-                                       "tiny-20261204-023534-ABCD", "other-20261204-023534"])
+@pytest.mark.parametrize("search_id", ["tiny-big-20261204-023534-abcd12", "tiny-20261204-0235", "tiny-notes",
+                                       "tiny-20261204-023534-ABCDEF", "tiny-20261204-023534-abcd", "other-20261204-023534"])
 def test_an_id_of_another_spec_or_no_search_is_no_search_of_the_spec(search_id):
     assert search_id_stamp("tiny", search_id) is None
 
@@ -38,19 +38,19 @@ def test_find_resumable_picks_the_latest_search_of_the_name_with_or_without_the_
 
     from search.run import find_resumable
 
-    for name in ("tiny-20261203-120000", "tiny-20261204-010000-00ff", "tiny-20261204-010000",
-                 "tiny-big-20261205-000000-aaaa", "tiny-20261201-000000-ffff"):
+    for name in ("tiny-20261203-120000", "tiny-20261204-010000-0000ff", "tiny-20261204-010000",
+                 "tiny-big-20261205-000000-aaaaaa", "tiny-20261201-000000-ffffff"):
         (tmp_path / name).mkdir()
     monkeypatch.setattr(tune.Tuner, "can_restore", staticmethod(lambda path: True))
     # two started in the same second: the one whose directory changed last
     os.utime(tmp_path / "tiny-20261204-010000", (1_000_000, 1_000_000))
-    assert find_resumable(str(tmp_path), "tiny") == f"{tmp_path}/tiny-20261204-010000-00ff"
-    os.utime(tmp_path / "tiny-20261204-010000-00ff", (1_000, 1_000))
+    assert find_resumable(str(tmp_path), "tiny") == f"{tmp_path}/tiny-20261204-010000-0000ff"
+    os.utime(tmp_path / "tiny-20261204-010000-0000ff", (1_000, 1_000))
     assert find_resumable(str(tmp_path), "tiny") == f"{tmp_path}/tiny-20261204-010000"
     (tmp_path / "tiny-20261204-010000").rmdir()
-    (tmp_path / "tiny-20261204-010000-00ff").rmdir()
+    (tmp_path / "tiny-20261204-010000-0000ff").rmdir()
     assert find_resumable(str(tmp_path), "tiny") == f"{tmp_path}/tiny-20261203-120000"
-    assert find_resumable(str(tmp_path), "tiny-big") == f"{tmp_path}/tiny-big-20261205-000000-aaaa"
+    assert find_resumable(str(tmp_path), "tiny-big") == f"{tmp_path}/tiny-big-20261205-000000-aaaaaa"
 
 
 _CREATE = """
