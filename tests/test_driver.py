@@ -122,3 +122,22 @@ def test_a_search_lost_before_ray_saved_it_is_settled_and_another_spec_is_refuse
     assert run.info.status == "KILLED" and run.data.tags["sparsetune.state"] == "interrupted"
     assert run.data.tags["sparsetune.cause"] == LOST_CAUSE
     assert [t.state.name for t in optuna.load_study(study_name="exp-1", storage=optuna_url).trials] == ["FAIL"]
+
+
+@pytest.mark.parametrize("what", ["missing", "empty", "file"])
+def test_resume_run_dir_that_is_no_search_is_one_line_naming_the_option(tmp_path, what):
+    from search.driver import check_run_dir
+    from search.spec import SpecError
+
+    path = tmp_path / "ray" / "tiny-20261204-010000"
+    if what == "empty":
+        path.mkdir(parents=True)
+    elif what == "file":
+        path.parent.mkdir()
+        path.write_text("")
+    with pytest.raises(SpecError, match=r"--resume: not the Ray directory of a search") as e:
+        check_run_dir(str(path))
+    assert f"(got {str(path)!r}"[:60] in str(e.value) and "\n" not in str(e.value)  # long values are cut at 80
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok" / "tuner.pkl").write_bytes(b"")
+    assert check_run_dir(str(tmp_path / "ok")) == str(tmp_path / "ok")
