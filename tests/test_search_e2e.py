@@ -317,10 +317,12 @@ def test_sigterm_stops_like_ctrl_c_exits_130_and_leaves_no_run_running(tmp_path)
     assert parent.info.status == "KILLED" and len(children) == 2
     for c in children:
         assert c.info.status == "KILLED" and c.data.tags[f"{TAG}.state"] == "interrupted"
-    # Tune saved the experiment: the resume hint names a search that --resume finds
+    # Tune saved the experiment (its state, not only tuner.pkl): --resume finds it and restores it
+    from search.driver import ray_saved_state
     from search.run import find_resumable
 
     assert find_resumable(str(tmp_path / "ray"), "tiny") == f"{tmp_path / 'ray'}/{parent.info.run_name}"
+    assert ray_saved_state(f"{tmp_path / 'ray'}/{parent.info.run_name}")
 
 
 def test_resume_of_a_search_killed_before_ray_saved_it_runs_its_spec(tmp_path):
