@@ -8,7 +8,6 @@ sets the driver's Tune environment before Ray is imported).
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from ray.tune.search import ConcurrencyLimiter
 from . import _compat
 from .budget import ResumableBudget, ResumableGenerator
 from .callbacks import TrackingCallback
+from .driver import (check_run_dir, new_search_id, prepare_stores, ray_saved_state, restore_sigterm, search_id_stamp,
+                     settle_lost_start, sigterm_as_ctrl_c)
 from .frontier import Frontier
 from .importances import log_importances
 from .progress import say_start, trial_family
@@ -33,13 +34,14 @@ __all__ = ["SearchOutcome", "find_resumable", "run_search"]
 
 
 def find_resumable(storage: str, name: str) -> str:
-    """The most recent restorable search of ``name`` in the storage path."""
+    """The most recent restorable search of ``name`` in the storage path: the latest start time in
+    its id (``search.driver``), then the latest change of its directory (two started in one second)."""
     import pyarrow.fs
 
     fs, root = pyarrow.fs.FileSystem.from_uri(storage) if "://" in storage else (pyarrow.fs.LocalFileSystem(), storage)
     infos = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
-    dirs = sorted((i for i in infos if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith(name + "-")),
-                  key=lambda i: i.base_name, reverse=True)
+    dirs = sorted((i for i in infos if i.type == pyarrow.fs.FileType.Directory and search_id_stamp(name, i.base_name)),
+                  key=lambda i: (search_id_stamp(name, i.base_name), i.mtime_ns or 0), reverse=True)
     for info in dirs:
         path = f"{storage.rstrip('/')}/{info.base_name}"
         if tune.Tuner.can_restore(path):
@@ -128,11 +130,19 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
     storage = resolve_storage(spec.storage)
     uri = resolve_tracking_uri(spec.tracking_uri)
     optuna_url = resolve_optuna_storage(spec.optuna_storage, uri)
-    path = (find_resumable(storage, spec.name) if resume == "latest" else resume) if resume else None
-    search_id = Path(path).name if path else f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = (find_resumable(storage, spec.name) if resume == "latest" else check_run_dir(resume)) if resume else None
+    search_id = Path(path).name if path else new_search_id(spec.name)
+    # the driver died before Ray saved the search: restoring it would run the built-in defaults
+    # (search/driver.py); it runs again from the spec under its id
+    restart = bool(path) and not ray_saved_state(path)
+    path = None if restart else path
     _quiet_libraries()
     started = _init_ray(address)
+    previous_sigterm = sigterm_as_ctrl_c()  # after ray.init, whose C++ handler would abort the driver
     try:
+        prepare_stores(uri, optuna_url, spec.name)  # one driver at a time creates a fresh store
+        if restart:
+            settle_lost_start(uri, optuna_url, spec.name, search_id, spec.trials, spec_yaml)
         gpus = ray.cluster_resources().get("GPU", 0)
         if spec.resources.gpu > 0 and gpus < spec.resources.gpu:
             raise SpecError([("resources.gpu", f"the Ray cluster has {gpus:g} GPUs", spec.resources.gpu)])
@@ -160,7 +170,7 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
             tuner = _new_tuner(spec, storage, search_id, callback, optuna_url, budget)
         callback.quiet = quiet
         say_start(callback._say, spec, search_id, storage, uri, optuna_url, callback.tracker.url,
-                  resumed=bool(path), budget=budget)
+                  resumed=bool(path) or restart, budget=budget)
         try:
             tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C: Tune stops at once, without on_experiment_end
@@ -180,6 +190,7 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
         ResumableBudget.reached = False
         if started:
             ray.shutdown()
+        restore_sigterm(previous_sigterm)
 
 
 

@@ -354,6 +354,92 @@ def test_two_ctrl_c_stop_at_once_leave_no_run_running_and_say_how_to_resume(tmp_
         assert c.info.status == "KILLED" and c.data.tags[f"{TAG}.state"] == "interrupted"
 
 
+def test_sigterm_stops_like_ctrl_c_exits_130_and_leaves_no_run_running(tmp_path):
+    """`kill PID` (what a scheduler, systemd or `timeout` sends) stops the search as a first Ctrl-C
+    does, not with Ray's C++ stack dump and an abort (exit 134) that left every run RUNNING."""
+    spec_dict = tiny(tmp_path, trials=4, concurrency=2)
+    spec_dict["base"]["data"] = SLOW_DIGITS
+    spec_dict["base"]["optim"]["epochs"] = 100_000  # hours on any machine: both are running when it is stopped
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec_dict))
+    proc = _start(["search", str(path)], tmp_path)
+    seen = []
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:  # both trials running
+        seen.append(line)
+        if "(2 running" in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=180)
+    seen.append(out)
+    text = "".join(seen)
+    assert proc.returncode == 130, text[-3000:]
+    assert f"interrupted; continue it with: sparsetune search {path} --resume" in text, text[-3000:]
+    for dump in ("SIGTERM received", "Aborted", "PC: @", "Traceback"):
+        assert dump not in text, text[-3000:]
+    client, [parent], children = mlflow_runs(tmp_path)
+    assert parent.info.status == "KILLED" and len(children) == 2
+    for c in children:
+        assert c.info.status == "KILLED" and c.data.tags[f"{TAG}.state"] == "interrupted"
+    # Tune saved the experiment (its state, not only tuner.pkl): --resume finds it and restores it
+    from search.driver import ray_saved_state
+    from search.run import find_resumable
+
+    assert find_resumable(str(tmp_path / "ray"), "tiny") == f"{tmp_path / 'ray'}/{parent.info.run_name}"
+    assert ray_saved_state(f"{tmp_path / 'ray'}/{parent.info.run_name}")
+
+
+def test_resume_of_a_search_killed_before_ray_saved_it_runs_its_spec(tmp_path):
+    """`kill -9` of the driver in its first seconds leaves tuner.pkl (all `Tuner.can_restore` asks
+    for) but no experiment state: restoring it ran one trial of the built-in defaults (hidden
+    [300], 10 epochs, device auto) and exited 130. A resume runs the spec under the same id."""
+    spec_dict = tiny(tmp_path, trials=3, concurrency=1)
+    spec_dict["base"]["optim"]["epochs"] = 2
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec_dict))
+    proc = _start(["search", str(path)], tmp_path)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("  Ray storage:"):
+            break
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, at once
+    proc.communicate(timeout=60)
+    [search_dir] = (tmp_path / "ray").iterdir()
+    assert (search_dir / "tuner.pkl").exists(), "".join(seen)
+    # how the reported search was left: Tune had not saved the experiment yet (on a slow machine it
+    # has not either; on a fast one it may have, so what it saved is removed)
+    for saved in ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl"):
+        for f in search_dir.glob(saved):
+            f.unlink()
+
+    refused = _start(["search", str(path), "--resume", "--trials", "5"], tmp_path)
+    out, _ = refused.communicate(timeout=300)
+    assert refused.returncode == 2, out[-3000:]
+    assert "trials: a resumed search runs the 3 trials it was started with" in out, out[-3000:]
+
+    resumed = _start(["search", str(path), "--resume"], tmp_path)
+    out, _ = resumed.communicate(timeout=400)
+    assert resumed.returncode == 0, out[-3000:]
+    assert f"resuming search {search_dir.name}: 3 trials" in out, out[-3000:]
+    client, [parent], children = mlflow_runs(tmp_path)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == search_dir.name
+    complete = [c for c in children if c.data.tags[f"{TAG}.state"] == "complete"]
+    assert len(complete) == 3
+    for c in complete:  # the spec's network and training, not the built-in defaults
+        assert c.data.params["model/hidden"] == "[16]" and c.data.params["optim/epochs"] == "2"
+        assert c.data.params["device"] == "cpu"
+    for c in children:
+        assert c.info.status != "RUNNING"
+        if c not in complete:  # a trial the dead driver had started: closed, with the cause
+            assert c.info.status == "KILLED" and "died before Ray saved" in c.data.tags[f"{TAG}.cause"]
+    import optuna
+
+    study = optuna.load_study(study_name=search_dir.name, storage=f"sqlite:///{tmp_path}/optuna.db")
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 3 and "RUNNING" not in states
+
+
 def test_relative_data_path_is_resolved_where_the_search_starts(ray_session, tmp_path, monkeypatch):
     """Ray runs trials in their own directories: a relative path in the spec means the directory
     the search was started from (here not the directory Ray was started from)."""
