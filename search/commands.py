@@ -63,11 +63,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--search-id", help="one search of the experiment (default: the latest)")
         q.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<cwd>/mlflow.db)")
         q.add_argument("--max-params", type=float, metavar="N", help="keep runs with params_nonzero <= N")
+        q.add_argument("--max-compact-params", type=float, metavar="N",
+                       help="keep runs with params_compact <= N (what compact_model.pt stores, zeros included)")
         q.add_argument("--max-flops", type=float, metavar="F", help="keep runs with flops_compact <= F")
         q.add_argument("--min-accuracy", type=float, metavar="A", help="keep runs with val_accuracy >= A")
         if name == "frontier":
             q.add_argument("--plot", metavar="PNG", help="also draw the frontier (accuracy vs --plot-x) to PNG")
-            q.add_argument("--plot-x", choices=("params_nonzero", "flops_compact"), default="params_nonzero",
+            q.add_argument("--plot-x", choices=("params_nonzero", "params_compact", "flops_compact"),
+                           default="params_nonzero",
                            help="the x axis of --plot (default: params_nonzero)")
             q.add_argument("--all", action="store_true",
                            help="list every complete trial (with a pareto column), not only the frontier")
@@ -153,10 +156,12 @@ def _load(args: argparse.Namespace):
 
 
 def _constrained(frontier, args: argparse.Namespace):
-    """The frontier of the runs that meet --max-params / --max-flops / --min-accuracy."""
+    """The frontier of the runs that meet --max-params / --max-compact-params / --max-flops /
+    --min-accuracy."""
     from .frontier import Frontier
 
     limits = (("params_nonzero", args.max_params, lambda v, c: v <= c),
+              ("params_compact", args.max_compact_params, lambda v, c: v <= c),
               ("flops_compact", args.max_flops, lambda v, c: v <= c),
               ("val_accuracy", args.min_accuracy, lambda v, c: v >= c))
     if all(c is None for _, c, _ in limits):

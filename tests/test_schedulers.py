@@ -28,8 +28,9 @@ def test_rungs_lie_below_max_t():
 
 
 def test_final_objectives_are_read_through_their_per_epoch_counterparts():
-    assert [epoch_objective(m) for m in ("val_accuracy", "params_nonzero", "flops_compact", "sparsity")] == [
-        "val_accuracy", "weights_nonzero", "flops_estimate", "weights_sparsity"]
+    assert [epoch_objective(m) for m in ("val_accuracy", "params_nonzero", "flops_compact", "sparsity",
+                                         "params_compact")] == [
+        "val_accuracy", "weights_nonzero", "flops_estimate", "weights_sparsity", "params_estimate"]
     with pytest.raises(ValueError, match="'param_sharing' has no per-epoch counterpart"):
         MOASHAScheduler([("param_sharing", "max")], max_t=4)
 

@@ -554,3 +554,30 @@ def test_a_torn_experiment_state_is_set_aside_for_the_one_before_it(tmp_path):
     session("2026-01-01_12-00-00")  # a whole one: nothing set aside
     _set_aside_torn_state(str(tmp_path), said.append)
     assert len(list(tmp_path.glob("experiment_state-*.json"))) == 2 and len(said) == 1
+
+
+def test_frontier_and_export_constraints_keep_only_the_runs_that_meet_them():
+    """--max-params / --max-compact-params / --max-flops / --min-accuracy, then the frontier of
+    what is left (a run the constraint removes no longer dominates anything)."""
+    import argparse
+
+    from search.commands import _constrained
+    from search.frontier import Frontier
+
+    objectives = [Objective(metric="val_accuracy", mode="max"), Objective(metric="params_nonzero", mode="min")]
+    rows = [{"trial_id": t, "run_id": t, "val_accuracy": acc, "params_nonzero": nz, "params_compact": pc,
+             "params_total": 1000.0, "flops_compact": fl, "flops_dense": 100.0}
+            for t, acc, nz, pc, fl in [("a", 0.95, 900.0, 1000.0, 90.0), ("b", 0.90, 300.0, 800.0, 60.0),
+                                        ("c", 0.85, 200.0, 400.0, 30.0), ("d", 0.50, 100.0, 100.0, 10.0)]]
+    frontier = Frontier.of(rows, objectives)
+
+    def kept(**limits) -> list[str]:
+        args = argparse.Namespace(**{"max_params": None, "max_compact_params": None, "max_flops": None,
+                                     "min_accuracy": None, **limits})
+        f = _constrained(frontier, args)
+        return sorted(r["trial_id"] for r, keep in zip(f.rows, f.mask) if keep)
+
+    assert kept() == ["a", "b", "c", "d"]
+    assert kept(max_params=300) == ["b", "c", "d"]
+    assert kept(max_compact_params=500) == ["c", "d"]  # b has 300 non-zero but stores 800
+    assert kept(max_flops=50, min_accuracy=0.6) == ["c"]

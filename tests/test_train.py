@@ -186,6 +186,20 @@ def test_flops_estimate_per_epoch_bounds_the_compact_count():
     assert sparse.metrics["flops_compact"] <= estimates[-1] < sparse.metrics["flops_dense"], estimates
 
 
+def test_params_estimate_per_epoch_is_dense_first_and_tracks_the_compact_count():
+    """The per-epoch stand-in for params_compact (what MO-ASHA ranks a params_compact objective
+    by): every parameter while nothing is zero; on an MLP whose units are removed whole (channel
+    groups: a unit's row, bias and the next layer's column), the compact count exactly."""
+    dense = fit(small({"name": "none"}, optim={"epochs": 1}))
+    assert dense.history[-1]["params_estimate"] == dense.metrics["params_total"] == dense.metrics["params_compact"]
+    sparse = fit(small({"name": "group_lasso", "groups": "channel", "target_sparsity": 0.5, "layers": "all"},
+                       optim={"epochs": 6}))
+    estimates = [h["params_estimate"] for h in sparse.history]
+    assert sparse.metrics["params_compact"] < sparse.metrics["params_total"], sparse.metrics
+    assert estimates[-1] == sparse.metrics["params_compact"], estimates
+    assert estimates == sorted(estimates, reverse=True)  # units only die (dead ones stay at zero)
+
+
 def test_evaluate_matches_manual_accuracy():
     from trainables.data import load
 

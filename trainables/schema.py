@@ -34,6 +34,8 @@ DENSE_REFERENCE = {"params_nonzero": "params_total", "params_unique": "params_to
 #   flops_compact, flops_sparse -> flops_estimate: per layer, dense FLOPs x live inputs x live
 #       outputs (README, "What the numbers mean"); at least flops_compact, in one pass. Compacting
 #       the network every epoch would cost as much as a small epoch.
+#   params_compact -> params_estimate: every parameter, each Conv2d/Linear weight counted over its
+#       live rows x live columns only (trainables.train._Trainer._params_estimate).
 # Per-epoch metrics stand for themselves. Result metrics missing here (params_total, flops_dense,
 # compression_rate, param_sharing) have no cheap per-epoch value.
 EPOCH_COUNTERPART = {
@@ -49,6 +51,7 @@ EPOCH_COUNTERPART = {
     "sparsity": "weights_sparsity",
     "flops_compact": "flops_estimate",
     "flops_sparse": "flops_estimate",
+    "params_compact": "params_estimate",
 }
 
 # ---------------------------------------------------------------- artifacts of a finished run
