@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from trainables.config import ConfigError, Ends, RegularizerConfig, resolve_schedule
-from trainables.regularizers import REGISTRY, Pruner, get_regularizer, select_layers
+from trainables.regularizers import Pruner, get_regularizer, implementations, select_layers
 
 # One instance per registry entry (and the exact CGES variant), with non-trivial strengths.
 INSTANCES = {
@@ -31,8 +31,8 @@ def make(key: str):
 def test_every_registered_regularizer_is_covered():
     covered = {{"cges_exact": "cges", "oscar": "growl"}.get(k, k) for k in INSTANCES}
     # pruners have no prox (masks on a schedule): tests/test_baselines.py covers them
-    pruners = {name for name, cls in REGISTRY.items() if issubclass(cls, Pruner)}
-    assert covered | pruners == set(REGISTRY) and not covered & pruners
+    pruners = {name for name, cls in implementations().items() if issubclass(cls, Pruner)}
+    assert covered | pruners == set(implementations()) and not covered & pruners
 
 
 def test_unknown_regularizer_lists_valid_names():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainables import TrainingDiverged, TrialConfig, fit
-from trainables.regularizers import REGISTRY
+from trainables.regularizers import implementations
 from trainables.train import evaluate
 
 # Strong enough settings for every sparsity regularizer to zero something in 3 epochs.
@@ -38,7 +38,7 @@ def small(reg: dict | None = None, **sections) -> TrialConfig:
 
 
 def test_strong_settings_cover_the_registry():
-    assert set(STRONG) == set(REGISTRY)
+    assert set(STRONG) == set(implementations())
 
 
 @pytest.mark.parametrize("name", sorted(STRONG))

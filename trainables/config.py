@@ -38,6 +38,7 @@ from .configbase import (  # noqa: F401 (re-exported: the public names of the co
     MAX_SIZE,
     ConfigError,
     Ends,
+    FieldError,
     Schedule,
     _FieldError,
     _finite,
@@ -66,6 +67,7 @@ from .yamlio import dump_yaml, load_yaml, loads_yaml
 
 __all__ = [
     "ConfigError",
+    "FieldError",
     "Ends",
     "Schedule",
     "DataConfig",

@@ -14,7 +14,7 @@ import math
 import re
 import reprlib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
@@ -94,6 +94,9 @@ class _FieldError(ValueError):
     def __init__(self, field: str, msg: str, value: Any = _NO_VALUE):
         super().__init__(msg)
         self.field, self.msg, self.value = field, msg, value
+
+
+FieldError = _FieldError  # the public name (a family's validator raises it: docs/CONFIG.md)
 
 
 _KIND_WORDS = {"float": "a number", "int": "an integer", "str": "a string", "bool": "true/false",
@@ -221,7 +224,21 @@ class Ends(_Strict):
     last: float
 
 
-Schedule = float | list[float] | Ends
+class _ScheduleMark:
+    """Marks a field as a depth schedule (``Schedule``): how the per-layer plan and the docs
+    recognise one, by declaration rather than by comparing annotations."""
+
+    def __repr__(self) -> str:
+        return "schedule"
+
+
+SCHEDULE = _ScheduleMark()
+Schedule = Annotated[float | list[float] | Ends, SCHEDULE]
+
+
+def is_schedule(field: Any) -> bool:
+    """Whether a pydantic ``FieldInfo`` was declared as a ``Schedule``."""
+    return any(m is SCHEDULE for m in getattr(field, "metadata", ()))
 
 
 def _schedule_values(value: Schedule) -> list[float]:

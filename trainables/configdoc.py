@@ -14,7 +14,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from .config import Ends, OptimConfig, Schedule, TrialConfig, TyingConfig
+from .config import Ends, OptimConfig, TrialConfig, TyingConfig
+from .configbase import is_schedule
 from .families import DATASETS, LR_SCHEDULES, MODELS, OPTIMIZERS, REGULARIZERS, Registry
 
 __all__ = ["render", "COMMAND"]
@@ -47,13 +48,13 @@ validation, the search-space paths and this page all derive from that declaratio
    `LRScheduleConfig`, from `trainables.families` / `trainables.regularizers`) with
    `name: Literal["my_net"] = "my_net"`, one field per parameter with its default and
    `Field(description=...)`, an `@model_validator(mode="after")` for range checks (raise
-   `_FieldError(field, message, value)`), and the implementation:
+   `trainables.config.FieldError(field, message, value)`), and the implementation:
    - model: `build(self, spec) -> nn.Module` (`spec.input_shape`, `spec.num_classes`);
    - dataset: `describe(self) -> DataSpec` (cheap, every problem a `ConfigError`) and
-     `load(self, device) -> Dataset` (use `trainables.data._assemble` for the shared splits);
-   - regularizer: a `Regularizer` subclass with `name`, `config = MyConfig`, `params` (the
-     config fields it is built with, per layer) and `penalty` / `prox` (or `update(W, lr=, step=,
-     epoch=)`); a family that is no penalty but masks on a schedule subclasses `Pruner` and
+     `load(self, device) -> Dataset` (use `trainables.data.assemble` for the shared splits);
+   - regularizer: a `Regularizer` subclass with `name`, `config = MyConfig`, an `__init__` whose
+     arguments are config fields (each layer's values; a field declared `Schedule` arrives
+     resolved for the layer) and `penalty` / `prox` (or `update(W, lr=, step=, epoch=)`); a family that is no penalty but masks on a schedule subclasses `Pruner` and
      implements `prune(weights, keep, step=, steps_per_epoch=)` (`magnitude`); a family whose
      values depend on another section overrides `link(trial)` (checked and filled in when the
      config is built); decorate it with `@register` from `trainables.regularizers`;
@@ -69,8 +70,6 @@ config round trip, build, a bad value rejected with the field named.
 
 def _type(annotation: Any) -> str:
     """A short, readable type: ``number``, ``'a' | 'b'``, ``list of integer``, ``schedule``..."""
-    if annotation == Schedule:
-        return "schedule"
     if annotation is Ends:
         return "{first, last}"
     origin = get_origin(annotation)
@@ -121,7 +120,7 @@ def _table(cls: type[BaseModel], fields: list[str], choices: dict[str, Registry[
         if choices and f in choices:
             kind = " \\| ".join(f"`{n}`" for n in choices[f])
         else:
-            kind = _type(info.annotation)
+            kind = "schedule" if is_schedule(info) else _type(info.annotation)
         rows.append(f"| `{f}` | {kind} | {_default(info)} | "
                     f"{_description(cls, f).replace('|', chr(92) + '|')} |")
     return rows

@@ -46,7 +46,7 @@ from .configbase import ConfigError, _FieldError, _Strict
 from .families import DATASETS, DataConfig
 
 __all__ = ["DataUnavailable", "DataSpec", "Split", "StreamSplit", "Dataset", "Augmentation",
-           "NormalizeStats", "describe", "load", "batches", "prepare", "IN_MEMORY_BYTES",
+           "NormalizeStats", "describe", "load", "batches", "prepare", "assemble", "IN_MEMORY_BYTES",
            "PREPROCESSING_FORMAT"]
 
 IN_MEMORY_BYTES = 2**30  # data.in_memory: auto keeps data up to this size (as float32) on the device
@@ -373,6 +373,10 @@ def _assemble(X: np.ndarray, y: np.ndarray, cfg: DataConfig, device: torch.devic
 
 
 # ----------------------------------------------------------------------------- in memory or streamed
+
+
+
+assemble = _assemble  # the public name: a dataset family's ``load`` builds its splits with it (docs/CONFIG.md)
 
 
 def _in_memory(cfg: DataConfig, nbytes: int) -> bool:

@@ -17,7 +17,6 @@ from ..families import REGULARIZERS
 from . import none, l2, l1, group_lasso, exclusive_lasso, cges, growl  # noqa: E402, F401, I001  isort: skip
 from . import magnitude, channel_magnitude  # noqa: E402, F401, I001  isort: skip
 from .base import (  # noqa: E402
-    REGISTRY,
     ChannelLayerRegularizer,
     LamConfig,
     LayerRegularizer,
@@ -25,13 +24,13 @@ from .base import (  # noqa: E402
     Regularizer,
     build_layer_regularizers,
     get_regularizer,
+    implementations,
     register,
     scheduled_params,
     select_layers,
 )
 
 __all__ = [
-    "REGISTRY",
     "REGULARIZERS",
     "LamConfig",
     "LayerRegularizer",
@@ -40,6 +39,7 @@ __all__ = [
     "Regularizer",
     "build_layer_regularizers",
     "get_regularizer",
+    "implementations",
     "register",
     "scheduled_params",
     "select_layers",

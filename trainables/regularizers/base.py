@@ -3,8 +3,10 @@
 A regularizer family is two classes in one module: its parameters (a
 :class:`~trainables.families.RegularizerConfig` subclass with a ``name`` literal) and its
 implementation (a :class:`Regularizer` subclass, built per layer from those parameters), joined by
-``@register``, which adds both to their registries (:data:`REGISTRY` by name for the
-implementation, :data:`~trainables.families.REGULARIZERS` for the config tree).
+``@register``, which adds the config to the one registry of regularizers,
+:data:`~trainables.families.REGULARIZERS`, with the implementation as its ``impl``. The
+implementation's constructor arguments are config fields of the same names (checked there); a
+field declared ``Schedule`` is resolved per layer before the constructor sees it.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from torch import nn
 
 from pydantic import Field, model_validator
 
-from ..configbase import ConfigError, Schedule, _check_schedule, resolve_schedule
+from ..configbase import ConfigError, Schedule, _check_schedule, is_schedule, resolve_schedule
 from ..families import LAYER_SELECTIONS, REGULARIZERS, RegularizerConfig
 from ..groups import conv_groups, from_groups, member_dims, to_groups
 
 __all__ = [
     "Regularizer",
-    "REGISTRY",
+    "implementations",
     "register",
     "get_regularizer",
     "LayerRegularizer",
@@ -62,7 +64,9 @@ class Regularizer(ABC):
 
     name: ClassVar[str]
     config: ClassVar[type[RegularizerConfig]]  # the family's parameters
-    params: ClassVar[tuple[str, ...]] = ()  # constructor arguments, in config field names
+    # constructor arguments (config field names): read from ``__init__``'s signature by
+    # ``@register``; a class whose constructor takes ``**kwargs`` declares them
+    params: ClassVar[tuple[str, ...]] = ()
     in_place: bool = False
 
     def penalty(self, W: torch.Tensor) -> torch.Tensor:
@@ -106,28 +110,41 @@ class Pruner(Regularizer):
         raise NotImplementedError(f"pruner {self.name!r} does not implement prune()")
 
 
-REGISTRY: dict[str, type[Regularizer]] = {}
+def _init_params(cls: type[Regularizer]) -> tuple[str, ...]:
+    """The named constructor arguments of ``cls`` (what a config passes it, per layer)."""
+    import inspect
+
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    signature = inspect.signature(cls.__init__)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()) and cls.params:
+        return cls.params  # a constructor taking **kwargs: the class declares them
+    return tuple(n for n, p in list(signature.parameters.items())[1:] if p.kind in kinds)
 
 
 def register(cls: type[Regularizer]) -> type[Regularizer]:
-    """Class decorator: register a :class:`Regularizer` and its ``config`` family under ``name``."""
-    if cls.name in REGISTRY:
-        raise ValueError(f"regularizer {cls.name!r} is already registered ({REGISTRY[cls.name]!r})")
+    """Class decorator: register a :class:`Regularizer`'s ``config`` family in
+    :data:`~trainables.families.REGULARIZERS` (a second family of one name is an error there),
+    with ``cls`` as its implementation."""
     if cls.config.family_name() != cls.name:
         raise ValueError(f"regularizer {cls.name!r} has the config of {cls.config.family_name()!r}")
+    cls.params = _init_params(cls)
     unknown = [p for p in cls.params if p not in cls.config.model_fields]
     if unknown:
         raise ValueError(f"regularizer {cls.name!r} takes {unknown}, which its config does not declare")
     REGULARIZERS.register(cls.config)
     cls.config.impl = cls
-    REGISTRY[cls.name] = cls
     return cls
+
+
+def implementations() -> dict[str, type[Regularizer]]:
+    """Every registered regularizer's implementation, by name (in registration order)."""
+    return {name: config.impl for name, config in REGULARIZERS.items()}
 
 
 def scheduled_params(cfg: RegularizerConfig | type[RegularizerConfig]) -> tuple[str, ...]:
     """The fields of a regularizer config given as a schedule over depth (number, list, {first, last})."""
     cls = cfg if isinstance(cfg, type) else type(cfg)
-    return tuple(f for f, info in cls.model_fields.items() if info.annotation == Schedule)
+    return tuple(f for f, info in cls.model_fields.items() if is_schedule(info))
 
 
 def mask_pruned(default: bool) -> Any:
@@ -165,10 +182,9 @@ class LamConfig(RegularizerConfig):
 
 
 def get_regularizer(name: str) -> type[Regularizer]:
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown regularizer {name!r}; valid: {sorted(REGISTRY)}") from None
+    if name not in REGULARIZERS:
+        raise ValueError(f"unknown regularizer {name!r}; valid: {sorted(REGULARIZERS)}")
+    return REGULARIZERS.get(name).impl
 
 
 @dataclass

@@ -98,7 +98,6 @@ class CGES(Regularizer):
 
     name = "cges"
     config = CGESConfig
-    params = ("lam", "mu", "group_scale", "exclusive_scale", "exact")
 
     def __init__(self, lam: float, mu: float, group_scale: float = 1.0,
                  exclusive_scale: float = 1.0, exact: bool = False):

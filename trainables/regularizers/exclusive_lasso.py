@@ -30,7 +30,6 @@ class ExclusiveLasso(Regularizer):
 
     name = "exclusive_lasso"
     config = ExclusiveLassoConfig
-    params = ("lam",)
 
     def __init__(self, lam: float):
         self.lam = lam

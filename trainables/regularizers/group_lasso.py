@@ -30,7 +30,6 @@ class GroupLasso(Regularizer):
 
     name = "group_lasso"
     config = GroupLassoConfig
-    params = ("lam", "scale")
 
     def __init__(self, lam: float, scale: str = "absolute"):
         self.lam, self.scale = lam, scale

@@ -47,7 +47,6 @@ class GrOWLConfig(RegularizerConfig):
 class GrOWL(Regularizer):
     name = "growl"
     config = GrOWLConfig
-    params = ("p", "lambda1", "lambda2", "scale")
 
     def __init__(self, p: float, lambda1: float, lambda2: float, scale: str = "absolute"):
         self.p, self.lambda1, self.lambda2, self.scale = p, lambda1, lambda2, scale

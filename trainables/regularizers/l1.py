@@ -26,7 +26,6 @@ class L1Config(LamConfig):
 class L1(Regularizer):
     name = "l1"
     config = L1Config
-    params = ("lam",)
 
     def __init__(self, lam: float):
         self.lam = lam

@@ -29,7 +29,6 @@ class L2(Regularizer):
 
     name = "l2"
     config = L2Config
-    params = ("lam",)
 
     def __init__(self, lam: float):
         self.lam = lam
