@@ -1,5 +1,8 @@
 """The search spec: YAML -> validated ``SearchSpec``, every error found before Ray starts.
 
+(Over 400 lines on purpose: the whole schema of a spec and its checks, in the one place a user's
+field is looked up.)
+
 ```yaml
 name: quickstart
 base: {data: {name: digits}, optim: {epochs: 10}}     # a partial TrialConfig shared by all trials

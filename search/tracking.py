@@ -1,5 +1,8 @@
 """MLflow tracking of a search: the only MLflow writer, running in the Ray driver.
 
+(Over 400 lines on purpose: being the only writer is the point; its parts — runs, trial events,
+the frontier, the parent's description — share one client, one set of caches and the tags.)
+
 One MLflow experiment per spec name; in it one parent run per search (tag ``sparsetune.search_id``)
 and one child run per trial (tags ``sparsetune.trial_id``, ``sparsetune.regularizer``,
 ``sparsetune.state`` = complete / pruned / failed, ``sparsetune.pareto`` = true / false) holding the

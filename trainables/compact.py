@@ -1,5 +1,9 @@
 """Physical compaction: the smaller network whose outputs equal the zeroed (masked) network's.
 
+(Over 400 lines on purpose: which channels go, the checks before, and the grouped-conv and
+grouped-norm cases must agree with each other — masked eval equals compacted eval — so they
+stay together.)
+
 Which channels and units can go is discovered from the network itself: Torch-Pruning's
 ``DependencyGraph`` traces one forward pass and groups every set of coupled channels (a producer's
 output rows, the BatchNorm entries, depthwise filters, residual additions, concatenations, a flatten

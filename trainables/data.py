@@ -1,5 +1,8 @@
 """Datasets: splits by ``split_seed``, normalisation, and batches from device tensors or a DataLoader.
 
+(Over 400 lines on purpose: what every dataset family shares lives here once, so that each
+family module under ``trainables/datasets`` stays a page.)
+
 Every dataset source is a family named by ``data.name``, one module each under
 :mod:`trainables.datasets` (its parameters, ``describe`` and ``load``): ``digits`` (the embedded
 default), ``correlated_blocks`` (GrOWL §4.1), ``mnist``, ``fashion_mnist``, ``cifar10``,

@@ -1,5 +1,9 @@
 """One training run as a pure function of its config: ``fit(cfg, report=None) -> Result``.
 
+(Over 400 lines on purpose: the loop, its checkpoints and its final measurement share the
+trainer's state; each concern it calls — prox, regularizers, targets, tying, metrics, compaction —
+is its own module.)
+
 The loop is plain proximal SGD (the papers' algorithm): a gradient step on the data loss (plus
 ``optim.weight_decay``, the papers' "+l2"), then, in one place, the regularizer's proximal step on
 every regularized layer with step = the current learning rate, after every optimizer step or once
