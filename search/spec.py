@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.config import REGULARIZER_PARAMS, ConfigError, TrialConfig, _FieldError, _from_validation_error, flatten
+from trainables.config import REGULARIZER_PARAMS, ConfigError, TrialConfig, FieldError, _from_validation_error, flatten
 from trainables.configbase import _Strict as _ClosedConfig
 from trainables.schema import DENSE_REFERENCE, EPOCH_COUNTERPART, EPOCH_METRICS, RESULT_METRICS
 from trainables.yamlio import load_yaml
@@ -213,14 +213,14 @@ class SearchSpec(_Strict):
     def _check(self) -> SearchSpec:
         for field, low in (("trials", 1), ("concurrency", 1), ("max_failures", 0)):
             if getattr(self, field) < low:
-                raise _FieldError(field, f"`{field} >= {low}` must hold", getattr(self, field))
+                raise FieldError(field, f"`{field} >= {low}` must hold", getattr(self, field))
         if not (math.isfinite(self.checkpoint_every_s) and self.checkpoint_every_s >= 0):
-            raise _FieldError("checkpoint_every_s", "`checkpoint_every_s >= 0` (finite) must hold",
+            raise FieldError("checkpoint_every_s", "`checkpoint_every_s >= 0` (finite) must hold",
                               self.checkpoint_every_s)
         if self.time_budget_s is not None and not (math.isfinite(self.time_budget_s) and self.time_budget_s > 0):
-            raise _FieldError("time_budget_s", "`time_budget_s > 0` (finite, seconds) must hold", self.time_budget_s)
+            raise FieldError("time_budget_s", "`time_budget_s > 0` (finite, seconds) must hold", self.time_budget_s)
         if not 0 <= self.seed <= 2**32 - 1:  # what Optuna's samplers accept
-            raise _FieldError("seed", "`0 <= seed <= 2**32 - 1` must hold (Optuna's sampler seed)", self.seed)
+            raise FieldError("seed", "`0 <= seed <= 2**32 - 1` must hold (Optuna's sampler seed)", self.seed)
         return self
 
     # -- derived views --------------------------------------------------------------------------
@@ -265,7 +265,7 @@ def _parse_entries(value: Any, prefix: str = "") -> Any:
             except ValidationError as e:
                 err = _from_validation_error(e)
                 path, msg, _ = err.problems[0]
-                raise _FieldError(prefix + str(key), f"{path + ': ' if path else ''}{msg}", entry) from None
+                raise FieldError(prefix + str(key), f"{path + ': ' if path else ''}{msg}", entry) from None
         elif isinstance(entry, dict) and not prefix and not ({"first", "last"} & set(entry)):
             out[key] = _parse_entries(entry, prefix=f"{key}.")  # a family's sub-space
         else:

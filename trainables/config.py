@@ -40,7 +40,6 @@ from .configbase import (  # noqa: F401 (re-exported: the public names of the co
     Ends,
     FieldError,
     Schedule,
-    _FieldError,
     _finite,
     _from_validation_error,
     _size,
@@ -128,19 +127,19 @@ class _OptimBase(_Strict):
         for registry in (OPTIMIZERS, LR_SCHEDULES):
             name = data.get(registry.key, registry.default)
             if not isinstance(name, str) or name not in registry:
-                raise _FieldError(registry.key, f"Input should be {choices(registry.names())}", name)
+                raise FieldError(registry.key, f"Input should be {choices(registry.names())}", name)
             family = registry.get(name)
             for key, value in data.items():
                 if registry.owns(key) and key not in family.model_fields:
                     params = ", ".join(sorted(registry.params(name))) or "none"
-                    raise _FieldError(key, f"not a parameter of {registry.kind} {name!r} "
+                    raise FieldError(key, f"not a parameter of {registry.kind} {name!r} "
                                            f"(its parameters: {params})", value)
             own = {k: v for k, v in data.items() if k in family.model_fields and k != "name"}
             try:
                 chosen = family.model_validate({"name": name, **own})
             except ValidationError as e:
                 path, msg, value = _from_validation_error(e).problems[0]
-                raise _FieldError(path, msg, value) from None
+                raise FieldError(path, msg, value) from None
             out.update(chosen.model_dump(exclude={"name"}))  # the family's defaults, filled in
         return out
 
@@ -149,7 +148,7 @@ class _OptimBase(_Strict):
         _finite(self.lr, "lr", 0, lo_open=True)
         _finite(self.weight_decay, "weight_decay", 0)
         if self.epochs < 1:
-            raise _FieldError("epochs", "`epochs >= 1` must hold", self.epochs)
+            raise FieldError("epochs", "`epochs >= 1` must hold", self.epochs)
         _size(self.batch_size, "batch_size")
         return self
 
@@ -212,16 +211,16 @@ class TyingConfig(_Strict):
         _finite(self.preference, "preference")
         _finite(self.damping, "damping", 0.5, 1, hi_open=True)
         if self.max_iter < 1:
-            raise _FieldError("max_iter", "`max_iter >= 1` must hold", self.max_iter)
+            raise FieldError("max_iter", "`max_iter >= 1` must hold", self.max_iter)
         scaled = math.ceil(self.convergence_iter * 0.5 / (1 - self.damping) - 1e-9)
         if not (self.convergence_iter >= 1 and scaled < self.max_iter):
-            raise _FieldError("convergence_iter", f"`convergence_iter >= 1` and `convergence_iter * 0.5 / "
+            raise FieldError("convergence_iter", f"`convergence_iter >= 1` and `convergence_iter * 0.5 / "
                                                   f"(1 - damping) < max_iter` must hold (damping={self.damping}, "
                                                   f"max_iter={self.max_iter})", self.convergence_iter)
         if self.retries < 0:
-            raise _FieldError("retries", "`retries >= 0` must hold", self.retries)
+            raise FieldError("retries", "`retries >= 0` must hold", self.retries)
         if self.retrain_epochs < 0:
-            raise _FieldError("retrain_epochs", "`retrain_epochs >= 0` must hold", self.retrain_epochs)
+            raise FieldError("retrain_epochs", "`retrain_epochs >= 0` must hold", self.retrain_epochs)
         if self.retrain_lr is not None:
             _finite(self.retrain_lr, "retrain_lr", 0, lo_open=True)
         _finite(self.max_cluster_ratio, "max_cluster_ratio", 0, 1, lo_open=True)
@@ -263,7 +262,7 @@ class TrialConfig(_Strict):
             tying = self.tying.model_copy(update={"retrain_lr": self.optim.lr})
             object.__setattr__(self, "tying", tying)
         if self.tying.enabled and self.regularizer.groups == "channel":
-            raise _FieldError("regularizer.groups", "parameter tying clusters the rows of one layer's "
+            raise FieldError("regularizer.groups", "parameter tying clusters the rows of one layer's "
                                                     "weight; use input, input_position or filter", "channel")
         regularizer = self.regularizer.link(self)  # e.g. pruning epochs within optim.epochs
         if regularizer is not self.regularizer:

@@ -88,7 +88,7 @@ def _small(value: Any, budget: int = 200) -> bool:
     return True
 
 
-class _FieldError(ValueError):
+class FieldError(ValueError):
     """Raised by validators: names the field (relative to the model) and the offending value."""
 
     def __init__(self, field: str, msg: str, value: Any = _NO_VALUE):
@@ -96,7 +96,7 @@ class _FieldError(ValueError):
         self.field, self.msg, self.value = field, msg, value
 
 
-FieldError = _FieldError  # the public name (a family's validator raises it: docs/CONFIG.md)
+_FieldError = FieldError  # its former name (extension code written against the earlier docs)
 
 
 _KIND_WORDS = {"float": "a number", "int": "an integer", "str": "a string", "bool": "true/false",
@@ -125,7 +125,7 @@ def _from_validation_error(e: ValidationError, prefix: str = "", source: str | N
         value = err.get("input", _NO_VALUE)
         msg = err["msg"]
         exc = (err.get("ctx") or {}).get("error")
-        if isinstance(exc, _FieldError):
+        if isinstance(exc, FieldError):
             path = ".".join(p for p in (path, exc.field) if p)
             msg, value = exc.msg, exc.value
         elif err["type"] == "extra_forbidden":
@@ -184,7 +184,7 @@ class _Strict(BaseModel):
                     near = difflib.get_close_matches(key, fields, n=1)
                     hint = f"did you mean {near[0]}? " if near else ""
                     shown = key.encode("utf-8", "backslashreplace").decode("utf-8")  # a lone surrogate, too
-                    raise _FieldError(shown, f"unknown field ({hint}valid fields: {', '.join(fields)})", value)
+                    raise FieldError(shown, f"unknown field ({hint}valid fields: {', '.join(fields)})", value)
         return data
 
 
@@ -192,11 +192,11 @@ def _finite(value: float, name: str, lo: float | None = None, hi: float | None =
             lo_open: bool = False, hi_open: bool = False) -> float:
     field = name.split("[")[0]
     if not math.isfinite(value):
-        raise _FieldError(field, f"`{name}` must be finite", value)
+        raise FieldError(field, f"`{name}` must be finite", value)
     if lo is not None and (value <= lo if lo_open else value < lo):
-        raise _FieldError(field, f"`{name} {'>' if lo_open else '>='} {lo}` must hold", value)
+        raise FieldError(field, f"`{name} {'>' if lo_open else '>='} {lo}` must hold", value)
     if hi is not None and (value >= hi if hi_open else value > hi):
-        raise _FieldError(field, f"`{name} {'<' if hi_open else '<='} {hi}` must hold", value)
+        raise FieldError(field, f"`{name} {'<' if hi_open else '<='} {hi}` must hold", value)
     return value
 
 
@@ -209,9 +209,9 @@ _SEED_RANGE = (-(2**63), 2**64 - 1)
 
 def _size(value: int | None, name: str, lo: int = 1) -> None:
     if value is not None and value < lo:
-        raise _FieldError(name, f"`{name} >= {lo}` must hold", value)
+        raise FieldError(name, f"`{name} >= {lo}` must hold", value)
     if value is not None and value > MAX_SIZE:
-        raise _FieldError(name, f"`{name} <= {MAX_SIZE}` must hold", value)
+        raise FieldError(name, f"`{name} <= {MAX_SIZE}` must hold", value)
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -253,19 +253,19 @@ def _check_schedule(value: Schedule | None, name: str, lo: float, hi: float | No
     if value is None:
         return
     if isinstance(value, list) and not value:
-        raise _FieldError(name, "an empty list; give one value per regularized layer", value)
+        raise FieldError(name, "an empty list; give one value per regularized layer", value)
     if isinstance(value, Ends):  # name the end that is wrong: mu.last, not all of mu
         for end in ("first", "last"):
             try:
                 _finite(getattr(value, end), name, lo, hi)
-            except _FieldError as e:
-                raise _FieldError(f"{name}.{end}", e.msg, e.value) from None
+            except FieldError as e:
+                raise FieldError(f"{name}.{end}", e.msg, e.value) from None
         return
     for v in _schedule_values(value):
         try:
             _finite(v, name, lo, hi)
-        except _FieldError as e:
-            raise _FieldError(name, e.msg, value) from None
+        except FieldError as e:
+            raise FieldError(name, e.msg, value) from None
 
 
 def resolve_schedule(value: Schedule, n_layers: int, name: str) -> list[float]:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 import torch.utils.data as tud
 from pydantic import Field, model_validator
 
-from .configbase import ConfigError, _FieldError, _Strict
+from .configbase import ConfigError, FieldError, _Strict
 from .families import DATASETS, DataConfig
 
 __all__ = ["DataUnavailable", "DataSpec", "Split", "StreamSplit", "Dataset", "Augmentation",
@@ -174,11 +174,11 @@ class NormalizeStats(_Strict):
     @model_validator(mode="after")
     def _check(self) -> NormalizeStats:
         if not self.mean or len(self.mean) != len(self.std):
-            raise _FieldError("std", f"needs one value per mean value ({len(self.mean)})", self.std)
+            raise FieldError("std", f"needs one value per mean value ({len(self.mean)})", self.std)
         if not all(math.isfinite(v) and v > 0 for v in self.std):
-            raise _FieldError("std", "every value must be finite and > 0", self.std)
+            raise FieldError("std", "every value must be finite and > 0", self.std)
         if not all(math.isfinite(v) for v in self.mean):
-            raise _FieldError("mean", "every value must be finite", self.mean)
+            raise FieldError("mean", "every value must be finite", self.mean)
         return self
 
 
@@ -348,7 +348,7 @@ def _standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torc
     return (x - mean) / std
 
 
-def _assemble(X: np.ndarray, y: np.ndarray, cfg: DataConfig, device: torch.device | str, *,
+def assemble(X: np.ndarray, y: np.ndarray, cfg: DataConfig, device: torch.device | str, *,
               num_classes: int, test: tuple[np.ndarray, np.ndarray] | None = None,
               scale: float = 1.0, standardise: bool = True, augment: bool = False,
               info: dict | None = None, classes: Sequence[Any] | None = None,
@@ -379,7 +379,7 @@ def _assemble(X: np.ndarray, y: np.ndarray, cfg: DataConfig, device: torch.devic
 
 
 
-assemble = _assemble  # the public name: a dataset family's ``load`` builds its splits with it (docs/CONFIG.md)
+_assemble = assemble  # its former name (extension code written against the earlier docs)
 
 
 def _in_memory(cfg: DataConfig, nbytes: int) -> bool:

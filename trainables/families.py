@@ -29,7 +29,7 @@ from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union, g
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
-from .configbase import UNION_TAGS, _absolute_path, _FieldError, _finite, _from_validation_error, _Strict
+from .configbase import UNION_TAGS, _absolute_path, FieldError, _finite, _from_validation_error, _Strict
 
 __all__ = [
     "Family",
@@ -74,7 +74,7 @@ class Family(_Strict):
             for key, value in data.items():
                 if key not in own and registry.owns(key):
                     params = ", ".join(sorted(registry.params(cls.family_name()))) or "none"
-                    raise _FieldError(key, f"not a parameter of {registry.kind} {cls.family_name()!r} "
+                    raise FieldError(key, f"not a parameter of {registry.kind} {cls.family_name()!r} "
                                            f"(its parameters: {params})", value)
         return data
 
@@ -255,15 +255,15 @@ class DataConfig(Family):
         _finite(self.val_fraction, "val_fraction", 0, 1, hi_open=True)
         _finite(self.test_fraction, "test_fraction", 0, 1, lo_open=True, hi_open=True)
         if self.train_subset is not None and self.train_subset < 1:
-            raise _FieldError("train_subset", "`train_subset >= 1` must hold", self.train_subset)
+            raise FieldError("train_subset", "`train_subset >= 1` must hold", self.train_subset)
         if self.split_seed < 0:  # numpy's default_rng takes non-negative seeds only
-            raise _FieldError("split_seed", "`split_seed >= 0` must hold", self.split_seed)
+            raise FieldError("split_seed", "`split_seed >= 0` must hold", self.split_seed)
         if self.num_workers is not None and self.num_workers < 0:
-            raise _FieldError("num_workers", "`num_workers >= 0` must hold", self.num_workers)
+            raise FieldError("num_workers", "`num_workers >= 0` must hold", self.num_workers)
         if self.prefetch_factor is not None and self.prefetch_factor < 1:
-            raise _FieldError("prefetch_factor", "`prefetch_factor >= 1` must hold", self.prefetch_factor)
+            raise FieldError("prefetch_factor", "`prefetch_factor >= 1` must hold", self.prefetch_factor)
         if self.prefetch_factor is not None and self.num_workers == 0:
-            raise _FieldError("prefetch_factor", "needs worker processes (num_workers is 0)",
+            raise FieldError("prefetch_factor", "needs worker processes (num_workers is 0)",
                               self.prefetch_factor)
         return self
 
@@ -340,14 +340,14 @@ class RegularizerConfig(Family):
     @model_validator(mode="after")
     def _check_layers(self) -> RegularizerConfig:
         if isinstance(self.layers, list) and not self.layers:
-            raise _FieldError("layers", "an empty list; name at least one layer or use 'all'", [])
+            raise FieldError("layers", "an empty list; name at least one layer or use 'all'", [])
         if self.target_sparsity is not None:
             _finite(self.target_sparsity, "target_sparsity", 0, 1, hi_open=True)
             if "final" in type(self).model_fields:  # a pruner: its schedule reaches `final`
-                raise _FieldError("target_sparsity", f"regularizer {self.name!r} prunes to its own "
+                raise FieldError("target_sparsity", f"regularizer {self.name!r} prunes to its own "
                                   "`final` sparsity; set `final`, not target_sparsity", self.target_sparsity)
             if not self.sparsifies:
-                raise _FieldError("target_sparsity", f"regularizer {self.name!r} zeroes no groups, so it "
+                raise FieldError("target_sparsity", f"regularizer {self.name!r} zeroes no groups, so it "
                                   "has no sparsity to target (use l1, group_lasso, exclusive_lasso, cges "
                                   "or growl)", self.target_sparsity)
         return self
@@ -360,7 +360,7 @@ class RegularizerConfig(Family):
         """This config completed and checked against the rest of the trial (``trial``: the
         ``TrialConfig`` being built), for a family whose parameters depend on another section
         (gradual pruning's epochs on ``optim.epochs``). Returns the config to use; a problem is a
-        ``_FieldError`` naming ``regularizer.<field>``."""
+        ``FieldError`` naming ``regularizer.<field>``."""
         return self
 
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from .configbase import _FieldError, _finite
+from .configbase import FieldError, _finite
 from .families import LR_SCHEDULES, OPTIMIZERS, LRScheduleConfig, OptimizerConfig
 
 __all__ = ["SGDConfig", "MomentumConfig", "AdamConfig", "ConstantLRConfig", "StepLRConfig", "CosineLRConfig"]
@@ -84,7 +84,7 @@ class StepLRConfig(LRScheduleConfig):
     @model_validator(mode="after")
     def _check(self) -> StepLRConfig:
         if self.lr_step < 1:
-            raise _FieldError("lr_step", "`lr_step >= 1` must hold", self.lr_step)
+            raise FieldError("lr_step", "`lr_step >= 1` must hold", self.lr_step)
         _finite(self.lr_gamma, "lr_gamma", 0, 1, lo_open=True)
         return self
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from ..configbase import ConfigError, _FieldError
-from ..data import Dataset, DataSpec, _assemble, _check_split
+from ..configbase import ConfigError, FieldError
+from ..data import Dataset, DataSpec, assemble, _check_split
 from ..families import DATASETS, AbsolutePath, DataConfig
 
 __all__ = ["ArraysConfig"]
@@ -34,7 +34,7 @@ class ArraysConfig(DataConfig):
     @model_validator(mode="after")
     def _needs_path(self) -> ArraysConfig:
         if self.path is None:
-            raise _FieldError("path", "dataset 'arrays' needs `path` (a .npz or .csv file)")
+            raise FieldError("path", "dataset 'arrays' needs `path` (a .npz or .csv file)")
         return self
 
     def describe(self) -> DataSpec:
@@ -205,5 +205,5 @@ def _load_arrays(cfg: ArraysConfig, device: torch.device | str) -> Dataset:
     if Path(cfg.path).suffix.lower() == ".csv":  # predict matches a CSV's columns by name
         record = {"columns": [h for h in _csv_header(Path(cfg.path), cfg) if h != cfg.target],
                   "target": cfg.target}
-    return _assemble(X, y, cfg, device, num_classes=len(classes), info={"classes": classes},
+    return assemble(X, y, cfg, device, num_classes=len(classes), info={"classes": classes},
                      classes=classes, record=record)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from ..configbase import _FieldError, _finite, _size
-from ..data import Dataset, DataSpec, _assemble, _check_split
+from ..configbase import FieldError, _finite, _size
+from ..data import Dataset, DataSpec, assemble, _check_split
 from ..families import DATASETS, DataConfig
 
 __all__ = ["CorrelatedBlocksConfig"]
@@ -42,12 +42,12 @@ class CorrelatedBlocksConfig(DataConfig):
         for f in ("n_samples", "n_features", "n_blocks", "block_size", "num_classes"):
             _size(getattr(self, f), f)
         if self.num_classes < 2:
-            raise _FieldError("num_classes", "`num_classes >= 2` must hold", self.num_classes)
+            raise FieldError("num_classes", "`num_classes >= 2` must hold", self.num_classes)
         _size(self.block_gap, "block_gap", lo=0)
         _finite(self.rho, "rho", -1, 1, lo_open=True, hi_open=True)
         span = self.n_blocks * self.block_size + (self.n_blocks - 1) * self.block_gap
         if span > self.n_features:
-            raise _FieldError(
+            raise FieldError(
                 "n_features",
                 f"{self.n_blocks} blocks of {self.block_size} with gaps of {self.block_gap} "
                 f"need {span} features", self.n_features,
@@ -104,5 +104,5 @@ def _correlated_blocks(cfg: CorrelatedBlocksConfig) -> tuple[np.ndarray, np.ndar
 
 def _load_correlated_blocks(cfg: CorrelatedBlocksConfig, device: torch.device | str) -> Dataset:
     X, y, blocks, teacher = _correlated_blocks(cfg)
-    return _assemble(X, y, cfg, device, num_classes=cfg.num_classes, standardise=False,
+    return assemble(X, y, cfg, device, num_classes=cfg.num_classes, standardise=False,
                      info={"blocks": blocks, "teacher": teacher})

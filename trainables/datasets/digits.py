@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..data import Dataset, DataSpec, _assemble, _check_split
+from ..data import Dataset, DataSpec, assemble, _check_split
 from ..families import DATASETS, DataConfig
 
 __all__ = ["DigitsConfig"]
@@ -35,4 +35,4 @@ def _load_digits(cfg: DigitsConfig, device: torch.device | str) -> Dataset:
 
     bunch = load_digits()
     X = bunch.images.reshape(-1, 1, 8, 8)
-    return _assemble(X, bunch.target.astype(np.int64), cfg, device, num_classes=10, scale=16.0)
+    return assemble(X, bunch.target.astype(np.int64), cfg, device, num_classes=10, scale=16.0)

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from ..configbase import ConfigError, _FieldError
-from ..data import Dataset, DataSpec, _assemble, _check_split
+from ..configbase import ConfigError, FieldError
+from ..data import Dataset, DataSpec, assemble, _check_split
 from ..families import DATASETS, AbsolutePath, DataConfig
 
 __all__ = ["IdxConfig"]
@@ -30,7 +30,7 @@ class IdxConfig(DataConfig):
     @model_validator(mode="after")
     def _needs_path(self) -> IdxConfig:
         if self.path is None:
-            raise _FieldError("path", "dataset 'idx' needs `path` (a folder of IDX files)")
+            raise FieldError("path", "dataset 'idx' needs `path` (a folder of IDX files)")
         return self
 
     def describe(self) -> DataSpec:
@@ -171,5 +171,5 @@ def _load_idx(cfg: IdxConfig, device: torch.device | str) -> Dataset:
     (_, X, y), *rest = pairs.values()
     test = (rest[0][1][:, None], rest[0][2]) if rest else None
     scale = 255.0 if X.dtype == np.uint8 else 1.0
-    return _assemble(X[:, None], y, cfg, device, num_classes=_idx_classes(pairs), test=test,
+    return assemble(X[:, None], y, cfg, device, num_classes=_idx_classes(pairs), test=test,
                      scale=scale, info={"official_test": bool(rest)})

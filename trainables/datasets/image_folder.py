@@ -27,7 +27,7 @@ import torch
 import torch.utils.data as tud
 from pydantic import Field, model_validator
 
-from ..configbase import ConfigError, _FieldError, _Strict
+from ..configbase import ConfigError, FieldError, _Strict
 from ..data import (
     Augmentation,
     Dataset,
@@ -57,7 +57,7 @@ class RandomCrop(_Strict):
     @model_validator(mode="after")
     def _check(self) -> RandomCrop:
         if self.padding < 0:
-            raise _FieldError("padding", "`padding >= 0` must hold", self.padding)
+            raise FieldError("padding", "`padding >= 0` must hold", self.padding)
         return self
 
 
@@ -85,14 +85,14 @@ class ImageFolderConfig(DataConfig):
     @model_validator(mode="after")
     def _check_image_folder(self) -> ImageFolderConfig:
         if self.path is None:
-            raise _FieldError("path", "dataset 'image_folder' needs `path` (a folder of class folders)")
+            raise FieldError("path", "dataset 'image_folder' needs `path` (a folder of class folders)")
         for key in ("resize", "center_crop"):
             value = getattr(self, key)
             sizes = [value] if isinstance(value, int) else value
             if sizes is not None and (len(sizes) not in (1, 2) or any(s < 1 for s in sizes)):
-                raise _FieldError(key, "an int >= 1 or [height, width] of ints >= 1", value)
+                raise FieldError(key, "an int >= 1 or [height, width] of ints >= 1", value)
         if isinstance(self.normalize, NormalizeStats) and len(self.normalize.mean) != self.channels:
-            raise _FieldError("normalize", f"needs {self.channels} mean/std value(s) "
+            raise FieldError("normalize", f"needs {self.channels} mean/std value(s) "
                                            f"({'grayscale' if self.grayscale else 'RGB'} images)",
                               self.normalize.model_dump())
         return self

@@ -25,7 +25,7 @@ import torch
 import torch.utils.data as tud
 from pydantic import AfterValidator, Field, model_validator
 
-from ..configbase import ConfigError, _FieldError
+from ..configbase import ConfigError, FieldError
 from ..data import (
     Dataset,
     DataSpec,
@@ -66,10 +66,10 @@ class PythonDataConfig(DataConfig):
     @model_validator(mode="after")
     def _check_python(self) -> PythonDataConfig:
         if self.factory is None:
-            raise _FieldError("factory", "dataset 'python' needs `factory` ('module:attribute' or "
+            raise FieldError("factory", "dataset 'python' needs `factory` ('module:attribute' or "
                                          "'path/to/file.py:attribute')")
         if self.num_classes is not None and self.num_classes < 1:
-            raise _FieldError("num_classes", "`num_classes >= 1` must hold", self.num_classes)
+            raise FieldError("num_classes", "`num_classes >= 1` must hold", self.num_classes)
         return self
 
     def describe(self) -> DataSpec:

@@ -16,7 +16,7 @@ from filelock import FileLock
 from pydantic import Field
 
 from ..configbase import ConfigError
-from ..data import Dataset, DataSpec, DataUnavailable, _assemble
+from ..data import Dataset, DataSpec, DataUnavailable, assemble
 from ..families import DATASETS, AbsolutePath, DataConfig
 
 __all__ = ["TorchvisionData", "MNISTConfig", "FashionMNISTConfig", "CIFAR10Config", "CIFAR100Config"]
@@ -112,6 +112,6 @@ def _load_torchvision(cfg: TorchvisionData, device: torch.device | str) -> Datas
                 f"node, or use an `idx` / `arrays` dataset"
             ) from None
     X, y = _torchvision_arrays(train)
-    return _assemble(X, y, cfg, device, num_classes=classes, test=_torchvision_arrays(test),
+    return assemble(X, y, cfg, device, num_classes=classes, test=_torchvision_arrays(test),
                      scale=255.0, augment=cfg.augment, info={"root": str(root)},
                      classes=getattr(train, "classes", None))

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..configbase import MAX_SIZE, _FieldError
+from ..configbase import MAX_SIZE, FieldError
 from ..data import DataSpec
 from ..families import MODELS, ModelConfig
 from .base import check_dropout
@@ -32,9 +32,9 @@ class MLPConfig(ModelConfig):
     @model_validator(mode="after")
     def _check(self) -> MLPConfig:
         if any(h < 1 for h in self.hidden):
-            raise _FieldError("hidden", "hidden layer widths must be >= 1", self.hidden)
+            raise FieldError("hidden", "hidden layer widths must be >= 1", self.hidden)
         if any(h > MAX_SIZE for h in self.hidden):
-            raise _FieldError("hidden", f"hidden layer widths must be <= {MAX_SIZE}", self.hidden)
+            raise FieldError("hidden", f"hidden layer widths must be <= {MAX_SIZE}", self.hidden)
         check_dropout(self.dropout)
         return self
 

@@ -20,7 +20,7 @@ import torch
 from pydantic import model_validator
 from torch import nn
 
-from ..configbase import ConfigError, _absolute_path, _FieldError
+from ..configbase import ConfigError, _absolute_path, FieldError
 from ..data import DataSpec
 from ..families import ModelConfig
 from ..imports import import_object
@@ -47,7 +47,7 @@ class SourceConfig(ModelConfig):
     def _check_kwargs(self) -> SourceConfig:
         for key in DATA_ARGS:
             if key in self.kwargs:
-                raise _FieldError(f"kwargs.{key}", f"set from the data (leave `{key}` out of "
+                raise FieldError(f"kwargs.{key}", f"set from the data (leave `{key}` out of "
                                                    "model.kwargs)", self.kwargs[key])
         return self
 

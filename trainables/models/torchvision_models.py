@@ -27,7 +27,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from ..configbase import ConfigError, _FieldError
+from ..configbase import ConfigError, FieldError
 from ..data import DataSpec
 from ..families import MODELS
 from .sources import SourceConfig, call_builder, load_state_dict, weights_field
@@ -68,7 +68,7 @@ class TorchvisionConfig(SourceConfig):
     def _builder_weights(cls, v: dict[str, Any]) -> dict[str, Any]:
         if "weights" in v:  # the builder's own argument: sparsetune always builds untrained
             if v["weights"] is not None:
-                raise _FieldError("weights", "trained weights go in model.weights (a state-dict "
+                raise FieldError("weights", "trained weights go in model.weights (a state-dict "
                                                     "file or a weights name such as IMAGENET1K_V1)",
                                   v["weights"])
             v = {k: x for k, x in v.items() if k != "weights"}

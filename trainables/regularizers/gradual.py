@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, create_model, model_validator
 
-from ..configbase import _FieldError, _finite
+from ..configbase import FieldError, _finite
 from ..families import RegularizerConfig
 from .base import Pruner
 
@@ -83,24 +83,24 @@ class _GradualBase(RegularizerConfig):
         _finite(self.final, "final", 0, 1, hi_open=True)
         _finite(self.initial, "initial", 0)
         if self.initial > self.final:
-            raise _FieldError("initial", f"`initial <= final` must hold (final={self.final})", self.initial)
+            raise FieldError("initial", f"`initial <= final` must hold (final={self.final})", self.initial)
         if self.start_epoch < 0:
-            raise _FieldError("start_epoch", "`start_epoch >= 0` must hold", self.start_epoch)
+            raise FieldError("start_epoch", "`start_epoch >= 0` must hold", self.start_epoch)
         if self.end_epoch is not None and self.end_epoch <= self.start_epoch:
-            raise _FieldError("end_epoch", f"`start_epoch < end_epoch` must hold (start_epoch="
+            raise FieldError("end_epoch", f"`start_epoch < end_epoch` must hold (start_epoch="
                                            f"{self.start_epoch})", self.end_epoch)
         if self.every < 1:
-            raise _FieldError("every", "`every >= 1` must hold", self.every)
+            raise FieldError("every", "`every >= 1` must hold", self.every)
         return self
 
     def link(self, trial: Any) -> RegularizerConfig:
         epochs = trial.optim.epochs
         end = epochs if self.end_epoch is None else self.end_epoch
         if end > epochs:
-            raise _FieldError("regularizer.end_epoch", f"`end_epoch <= optim.epochs` must hold "
+            raise FieldError("regularizer.end_epoch", f"`end_epoch <= optim.epochs` must hold "
                                                        f"(optim.epochs={epochs})", end)
         if self.start_epoch >= end:
-            raise _FieldError("regularizer.start_epoch", f"`start_epoch < end_epoch` must hold "
+            raise FieldError("regularizer.start_epoch", f"`start_epoch < end_epoch` must hold "
                                                          f"(end_epoch={end}, from optim.epochs)", self.start_epoch)
         return self if end == self.end_epoch else self.model_copy(update={"end_epoch": end})
 
