@@ -433,3 +433,29 @@ def test_a_zero_row_written_back_stays_zero_when_a_weight_is_in_two_rows():
         assert (conv.weight.flatten(1).abs().sum(1) == 0).sum().item() == 3
     small = _agree(net.eval())
     assert _channels(small) == _channels(net) - 2 * 3  # stem and res: 5 channels each
+
+
+@pytest.mark.parametrize("family,expected", [("group_lasso", "channel"), ("cges", "input_position"), ("growl", "channel"),
+                                             ("channel_magnitude", "channel"), ("l1", "input"),
+                                             ("exclusive_lasso", "input_position"), ("magnitude", "input")])
+def test_groups_auto_is_channel_for_a_family_that_removes_groups_on_a_conv_net(family, expected):
+    """The default grouping: what compaction removes (channels) on a network with convolutions,
+    for the families that zero whole groups; the paper's grouping elsewhere (an MLP, an
+    element-wise family, tying on, a selection that forms no channel group)."""
+    data = {"name": family} if family != "channel_magnitude" else {"name": family, "final": 0.5}
+    if family == "magnitude":
+        data["final"] = 0.5
+    cfg = _reg_cfg(data)
+    assert cfg.groups == "auto"
+    net = _make("bn")
+    layers = build_layer_regularizers(cfg, net, net.input_shape)
+    assert {l.grouping for l in layers} == {expected}
+    if expected == "channel":
+        assert all(isinstance(l, ChannelLayerRegularizer) for l in layers)
+        assert [l.name for l in layers] == ["conv", "conv2"]  # the logits form no channel group: left out
+        paper = cfg.paper_groups
+        assert {l.grouping for l in build_layer_regularizers(cfg, net, net.input_shape, tying=True)} == {paper}
+        mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3))
+        assert {l.grouping for l in build_layer_regularizers(cfg, mlp, (12,))} == {paper}
+        only_fc = build_layer_regularizers(_reg_cfg({**data, "layers": ["fc"]}), net, net.input_shape)
+        assert {l.grouping for l in only_fc} == {paper}  # no Conv2d chosen: the paper's grouping

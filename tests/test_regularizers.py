@@ -180,10 +180,11 @@ def test_select_layers_errors(selection, message):
 
 def test_config_fills_paper_defaults_per_family():
     cges = RegularizerConfig.model_validate({"name": "cges"})
-    assert cges.groups == "input_position" and cges.mu == Ends(first=0.2, last=0.8)
+    assert cges.groups == "auto" and cges.paper_groups == "input_position" and cges.mu == Ends(first=0.2, last=0.8)
     assert cges.exact is False and "p" not in type(cges).model_fields
     growl = RegularizerConfig.model_validate({"name": "growl"})
-    assert growl.groups == "input" and growl.prox_every == "epoch" and growl.mask_pruned is True
+    assert growl.groups == "auto" and growl.paper_groups == "input"
+    assert growl.prox_every == "epoch" and growl.mask_pruned is True
     assert "lam" not in type(growl).model_fields and "mu" not in type(growl).model_fields
 
 

@@ -28,5 +28,5 @@ def check_config(cfg: TrialConfig) -> DataSpec:
             raise
         except ValueError as e:  # e.g. an input too small for the architecture
             raise ConfigError([("model", str(e), cfg.model.name)]) from None
-    build_layer_regularizers(cfg.regularizer, model, input_shape=spec.input_shape)
+    build_layer_regularizers(cfg.regularizer, model, input_shape=spec.input_shape, tying=cfg.tying.enabled)
     return spec

@@ -306,14 +306,23 @@ class RegularizerConfig(Family):
     # what ``target_sparsity`` counts: whole groups (rows), or single weights (l1, exclusive lasso)
     target_unit: ClassVar[Literal["groups", "elements"]] = "groups"
 
+    # what ``groups: auto`` means where it does not mean ``channel`` (the family's paper's grouping)
+    paper_groups: ClassVar[Literal["input", "input_position"]] = "input"
+    auto_channel: ClassVar[bool] = True  # whether ``groups: auto`` is ``channel`` on a conv net
+
     name: str = Field("none", description="the regularizer (one of the families below)")
-    groups: Literal["input", "input_position", "filter", "channel"] = Field(
-        "input", description="the groups (rows) of a layer's weight: `input` (one per input neuron or "
-                             "channel, GrOWL), `input_position` (one per input channel and position, "
-                             "CGES), `filter` (one per output filter; a zeroed filter also zeroes its bias and following "
-                             "norm channel), `channel` (one per removable channel: its filter, bias, norm "
-                             "entries and every consumer's input slice, the dependency group compaction "
-                             "removes; trainables.channels)")
+    groups: Literal["auto", "input", "input_position", "filter", "channel"] = Field(
+        "auto", description="the groups (rows) of a layer's weight: `input` (one per input neuron or "
+                            "channel, GrOWL), `input_position` (one per input channel and position, "
+                            "CGES), `filter` (one per output filter; a zeroed filter also zeroes its bias and following "
+                            "norm channel), `channel` (one per removable channel: its filter, bias, norm "
+                            "entries and every consumer's input slice, the dependency group compaction "
+                            "removes; trainables.channels). `auto`: `channel` for a family that zeroes whole "
+                            "groups on a network with a Conv2d among the regularized layers (without tying), "
+                            "else the family's paper grouping (`input`; `input_position` for CGES and "
+                            "exclusive lasso). CGES stays on its paper's grouping: its exclusive term "
+                            "spreads zeros inside a channel group (a filter's weights go, its norm "
+                            "entries do not), so few whole channels would go")
     layers: Literal[LAYER_SELECTIONS] | list[int | str] = Field(  # type: ignore[valid-type]
         "all", description="which Conv2d/Linear layers are regularized: a keyword, or a list of "
                            "indices (0 = first, -1 = last), qualified layer names and fnmatch patterns "

@@ -192,7 +192,8 @@ class _Trainer:
         # fp16 needs loss scaling (its range underflows small gradients); bf16 has float32's range
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.optim.amp == "fp16" else None
         self.layers: list[LayerRegularizer] = build_layer_regularizers(cfg.regularizer, self.model,
-                                                                       self.data.spec.input_shape)
+                                                                       self.data.spec.input_shape,
+                                                                       tying=cfg.tying.enabled)
         # groups: filter -> a dead filter also silences its bias and following norm channel
         self.norms_after: dict[str, list[nn.Module]] = {}
         if cfg.regularizer.groups == "filter" and self.layers and cfg.regularizer.sparsifying:
@@ -230,7 +231,7 @@ class _Trainer:
     def _prox(self, lr: float, step: int) -> None:
         """The regularizer's step after optimizer step number ``step`` (the prox, step size ``lr``)."""
         if self.pruner is not None:  # gradual pruning: new masks on the pruner's schedule
-            rows = self.pruner.structured and self.cfg.regularizer.groups == "channel"
+            rows = self.pruner.structured and self.layers[0].grouping == "channel"
             keep = self.pruner.prune([layer.groups() if rows else layer.module.weight for layer in self.layers],
                                      [self.masks.get(layer.name) for layer in self.layers],
                                      step=step, steps_per_epoch=self.steps_per_epoch,

@@ -55,7 +55,7 @@ def check_trial(cfg: TrialConfig) -> DataSpec:
         except ValueError as e:  # a built-in's own check, e.g. an input too small for the architecture
             raise ConfigError([("model", str(e), cfg.model.name)]) from None
     _check_output(model, spec, field, value)
-    build_layer_regularizers(cfg.regularizer, model, input_shape=spec.input_shape)
+    build_layer_regularizers(cfg.regularizer, model, input_shape=spec.input_shape, tying=cfg.tying.enabled)
     reason = check_compactable(model, spec.input_shape)
     if reason is not None:
         warnings.warn(f"{field} {value!r} cannot be compacted, so it will train with compaction: none "

@@ -329,32 +329,58 @@ def _no_match(item: str, names: list[str], model: nn.Module | None) -> str:
 
 
 def build_layer_regularizers(cfg: RegularizerConfig, model: nn.Module,
-                             input_shape: tuple[int, ...] | None = None) -> list[LayerRegularizer]:
-    """Resolve the config against a model: chosen layers, per-layer schedule values, instances.
+                             input_shape: tuple[int, ...] | None = None, *,
+                             tying: bool = False) -> list[LayerRegularizer]:
+    """Resolve the config against a model: chosen layers, grouping, per-layer schedule values,
+    instances.
 
     ``groups: channel`` traces the model (``input_shape``, default ``model.input_shape``); a chosen
     layer whose channels form no channel group (the logits, a layer feeding a LayerNorm, ...) is
-    left out, and a selection left with no layer is a ConfigError naming why."""
+    left out, and a selection left with no layer is a ConfigError naming why. ``groups: auto``
+    (the default) is ``channel`` for a family that zeroes whole groups on a network with a Conv2d
+    among the chosen layers, unless ``tying`` (which clusters one layer's rows) is on; otherwise,
+    and where the network cannot be traced (with a warning) or forms no channel group, it is the
+    family's paper grouping (``paper_groups``)."""
     from ..models import prunable_layers
 
     cls = get_regularizer(cfg.name)
     layers = select_layers(prunable_layers(model), cfg.layers, model)
-    if cfg.groups == "channel" and cfg.name != "none":
+    grouping = cfg.groups
+    if grouping == "auto":
+        grouping = cfg.paper_groups
+        if _zeroes_groups(cfg, cls) and not tying and any(isinstance(m, nn.Conv2d) for _, m in layers):
+            try:
+                layers, found = _channel_layers(model, layers, input_shape, cfg)
+                grouping = "channel"
+            except ConfigError as e:
+                import warnings
+
+                warnings.warn(f"regularizer.groups: auto: {e.problems[0][1]}; using `{grouping}` groups, "
+                              "which compaction may not remove whole", stacklevel=2)
+    elif grouping == "channel" and cfg.name != "none":
         layers, found = _channel_layers(model, layers, input_shape, cfg)
     if not layers and cfg.name != "none":
         raise ConfigError([("regularizer.layers", "selects no layer of this model", cfg.layers)])
     per_layer: list[dict[str, Any]] = [{} for _ in layers]
     scheduled = scheduled_params(cfg)
     for param in cls.params:
-        value = getattr(cfg, param)
+        value = grouping if param == "groups" else getattr(cfg, param)
         values = resolve_schedule(value, len(layers), param) if param in scheduled else [value] * len(layers)
         for kwargs, v in zip(per_layer, values):
             kwargs[param] = v
-    if cfg.groups == "channel" and cfg.name != "none":
+    if grouping == "channel" and cfg.name != "none":
         return [ChannelLayerRegularizer(name, module, "channel", cls(**kwargs), found[module])
                 for (name, module), kwargs in zip(layers, per_layer)]
-    return [LayerRegularizer(name, module, cfg.groups, cls(**kwargs))
+    return [LayerRegularizer(name, module, grouping, cls(**kwargs))
             for (name, module), kwargs in zip(layers, per_layer)]
+
+
+def _zeroes_groups(cfg: RegularizerConfig, cls: type[Regularizer]) -> bool:
+    """Whether the family removes whole groups (what ``groups: auto`` makes channels): a row
+    penalty that opts in (group lasso, GrOWL; not CGES: ``auto_channel``) or a structured pruner."""
+    if issubclass(cls, Pruner):
+        return cls.structured
+    return cfg.sparsifies and cfg.target_unit == "groups" and cfg.auto_channel
 
 
 def _channel_layers(model: nn.Module, layers: list[tuple[str, nn.Module]], input_shape: Any,

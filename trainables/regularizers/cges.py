@@ -9,7 +9,7 @@ and ``g_l``, ``e_l`` optional per-layer factors (the official code's ``glayerwis
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -25,7 +25,10 @@ class CGESConfig(LamConfig):
     """CGES (Yoon & Hwang 2017) with the official code's settings."""
 
     name: Literal["cges"] = "cges"
-    groups: Literal["input", "input_position", "filter", "channel"] = "input_position"
+    paper_groups: ClassVar[Literal["input", "input_position"]] = "input_position"
+    # on channel groups the exclusive term zeroes most filters' weights but not their norm entries:
+    # few whole channels go (measured: 98% of filters zero at a 0.25 channel target on a CNN)
+    auto_channel: ClassVar[bool] = False
     lam: Schedule = 1e-2
     mu: Schedule = Field(Ends(first=0.2, last=0.8),
                          description="per-layer weight of the exclusive term in [0, 1] (the group term "

@@ -18,7 +18,7 @@ class ExclusiveLassoConfig(LamConfig):
 
     target_unit: ClassVar[Literal["groups", "elements"]] = "elements"  # target_sparsity counts weights
     name: Literal["exclusive_lasso"] = "exclusive_lasso"
-    groups: Literal["input", "input_position", "filter", "channel"] = "input_position"
+    paper_groups: ClassVar[Literal["input", "input_position"]] = "input_position"
     lam: Schedule = 3e-3
     mask_pruned: bool = mask_pruned(False)
 
