@@ -416,6 +416,10 @@ def validate_spec(spec: SearchSpec, source: str | None = None) -> None:
             for path, msg, value in e.problems:
                 problems.append((_spec_location(path, where), msg, value))
             break
+        if cfg.optim.epochs == 0:
+            problems.append((_spec_location("optim.epochs", where), "a search trains its trials; 0 epochs "
+                             "only scores given weights (sparsetune train)", 0))
+            break
         if "val_accuracy" in spec.objective_names() + ([spec.scheduler.metric] if spec.scheduler else []) \
                 and cfg.data.val_fraction == 0:
             problems.append(("base.data.val_fraction", "val_accuracy is an objective, so it must be > 0", 0.0))

@@ -23,7 +23,8 @@ from torch.testing import assert_close
 from search.cli import main
 from trainables import ConfigError, NotCompactableWarning, TrialConfig, check_trial, fit, save_run
 from trainables.compact import exact_float32, load_compact
-from trainables.data import DataSpec
+from trainables.data import DataSpec, load
+from trainables.train import evaluate
 from trainables.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,6 +283,27 @@ def test_training_starts_from_the_trained_weights(user_dir):
                                    "regularizer": {"name": "none"}})
     result = fit(no_lr)  # a learning rate of ~0: the trained network is what is measured
     assert_close(result.model.block[0].weight, trained.block[0].weight)
+
+
+def test_zero_epochs_scores_the_given_weights_on_the_same_splits(user_dir, capsys):
+    """``optim.epochs: 0``: the user's trained network measured as a trained run is (same splits,
+    same metrics), nothing changed; a regularizer with it is refused, naming the field."""
+    directory, module = user_dir
+    trained = build_model(TrialConfig.from_dict(config(module)).model, DataSpec((3, 8, 8), 3))
+    torch.save(trained.state_dict(), directory / "trained.pt")
+    cfg = {**config(module, weights="trained.pt"), "regularizer": {"name": "none"}}
+    cfg["optim"] = {**cfg["optim"], "epochs": 0}
+    rc, err = run_train(cfg, directory, capsys)
+    assert rc == 0, err
+    metrics = json.loads((directory / "out" / "result.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [0] and metrics["history"][0]["phase"] == "evaluate"
+    assert metrics["params_compact"] == metrics["params_total"] == sum(p.numel() for p in trained.parameters())
+    result = fit(TrialConfig.from_dict(cfg))
+    test = evaluate(trained, load(TrialConfig.from_dict(cfg).data).test)
+    assert result.metrics["test_accuracy"] == pytest.approx(test["accuracy"])  # what was given, unchanged
+    assert all(torch.equal(a, b) for a, b in zip(result.model.state_dict().values(), trained.state_dict().values()))
+    rc, err = run_train({**cfg, "regularizer": {"name": "group_lasso"}}, directory, capsys)
+    assert rc == 2 and "regularizer.name: optim.epochs: 0 evaluates the weights as given" in err
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(

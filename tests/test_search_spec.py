@@ -150,3 +150,14 @@ def test_scheduler_defaults_per_type():
     assert (asha.metric, asha.mode, asha.max_t) == ("val_accuracy", "max", None)
     moasha = Scheduler.model_validate({"type": "moasha", "grace_period": 2, "reduction_factor": 2.0, "max_t": 8})
     assert (moasha.metric, moasha.mode, moasha.max_t, moasha.grace_period) == (None, None, 8, 2)
+
+
+def test_a_search_with_zero_epochs_is_refused_naming_the_field():
+    from search.spec import validate_spec
+
+    spec = SearchSpec.model_validate({**copy.deepcopy(QUICKSTART), "base": {"optim": {"epochs": 0}},
+                                      "space": {"optim/lr": {"type": "uniform", "low": 0.1, "high": 0.2}},
+                                      "regularizers": {"none": {}}})
+    with pytest.raises(SpecError) as e:
+        validate_spec(spec)
+    assert "base.optim.epochs" in str(e.value) and "only scores given weights" in str(e.value)

@@ -104,7 +104,8 @@ class _OptimBase(_Strict):
     lr: float = Field(0.1, description="the learning rate (also the prox's step size)")
     weight_decay: float = Field(0.0, description="weight decay on every parameter, in the gradient "
                                                  "(the papers' \"+l2\")")
-    epochs: int = Field(10, description="training epochs (before any tying retraining)")
+    epochs: int = Field(10, description="training epochs (before any tying retraining); 0 evaluates the "
+                                        "network as given (`model.weights`) on the same splits, training nothing")
     batch_size: int = Field(64, description="examples per optimizer step")
     lr_schedule: str = Field("constant", description="the learning-rate schedule (one of the schedule "
                                                      "families below)")
@@ -147,8 +148,8 @@ class _OptimBase(_Strict):
     def _check(self) -> _OptimBase:
         _finite(self.lr, "lr", 0, lo_open=True)
         _finite(self.weight_decay, "weight_decay", 0)
-        if self.epochs < 1:
-            raise FieldError("epochs", "`epochs >= 1` must hold", self.epochs)
+        if self.epochs < 0:
+            raise FieldError("epochs", "`epochs >= 0` must hold (0: evaluate the weights as given)", self.epochs)
         _size(self.batch_size, "batch_size")
         return self
 
@@ -264,6 +265,12 @@ class TrialConfig(_Strict):
         if self.tying.enabled and self.regularizer.groups == "channel":
             raise FieldError("regularizer.groups", "parameter tying clusters the rows of one layer's "
                                                     "weight; use input, input_position or filter", "channel")
+        if self.optim.epochs == 0 and self.regularizer.name != "none":
+            raise FieldError("regularizer.name", "optim.epochs: 0 evaluates the weights as given and trains "
+                                                  "nothing; it takes regularizer none", self.regularizer.name)
+        if self.optim.epochs == 0 and self.tying.enabled:
+            raise FieldError("tying.enabled", "optim.epochs: 0 evaluates the weights as given and trains "
+                                              "nothing; it takes no tying", True)
         regularizer = self.regularizer.link(self)  # e.g. pruning epochs within optim.epochs
         if regularizer is not self.regularizer:
             object.__setattr__(self, "regularizer", regularizer)

@@ -508,6 +508,8 @@ class _Trainer:
             if report is not None:
                 report(EpochReport({**self.history[-1], **result.metrics}, self.state, result))
             return result
+        if self.total_epochs == 0:  # optim.epochs 0: the network as given, measured like a trained one
+            return self._evaluate_only(report)
         result = None
         while self.epoch < self.total_epochs:
             if self.epoch == self.train_epochs and self.cfg.tying.enabled and self.ties is None:
@@ -522,6 +524,21 @@ class _Trainer:
                 metrics = {**metrics, **result.metrics}
             if report is not None:
                 report(EpochReport(metrics, self.state, result))
+        return result
+
+    def _evaluate_only(self, report: ReportFn | None) -> Result:
+        """``optim.epochs: 0``: no step; the training split is evaluated (its loss and accuracy as
+        the ``train_*`` metrics), then everything a trained run reports, at epoch 0."""
+        start = time.perf_counter()
+        train = evaluate(self.model, self.data.train)
+        lr = self.optimizer.param_groups[0]["lr"]
+        metrics = self._epoch_metrics({"lr": lr, "train_loss": train["loss"], "train_accuracy": train["accuracy"]},
+                                      time.perf_counter() - start)
+        metrics["phase"] = "evaluate"
+        self.history.append(metrics)
+        result = self._result(metrics)
+        if report is not None:
+            report(EpochReport({**metrics, **result.metrics}, self.state, result))
         return result
 
     def _result(self, last_epoch: dict[str, Any]) -> Result:
