@@ -98,7 +98,7 @@ def _check(folder: Path) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dir", required=True, help="a scratch folder (emptied for each round)")
+    p.add_argument("--dir", required=True, help="a scratch folder (emptied first; one sub-folder per round)")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--after", type=int, help="one kill, after this many finished trials")
@@ -107,19 +107,20 @@ def main() -> int:
     root = Path(args.dir).absolute()
     good = 0
     rounds = 1 if args.after else args.rounds
+    shutil.rmtree(root, ignore_errors=True)
     for r in range(1, rounds + 1):
-        shutil.rmtree(root, ignore_errors=True)
-        root.mkdir(parents=True)
-        (root / "spec.yaml").write_text(SPEC.replace("DIR", str(root)))
+        folder = root / f"round{r}"  # a fresh one: the stores' connection pools outlive a deleted file
+        folder.mkdir(parents=True)
+        (folder / "spec.yaml").write_text(SPEC.replace("DIR", str(folder)))
         if args.after:
             kills = [(args.after, ENDED)]
         else:
             kills = [(rng.randint(1, 14), LINE), (rng.randint(1, 8), LINE)]
-        ended = [_kill_after(_search(root, i > 0), n, pattern, rng) for i, (n, pattern) in enumerate(kills)]
-        final = _search(root, True)
+        ended = [_kill_after(_search(folder, i > 0), n, pattern, rng) for i, (n, pattern) in enumerate(kills)]
+        final = _search(folder, True)
         out, _ = final.communicate(timeout=900)
         reconciled = [line.strip() for line in out.splitlines() if "reconciled:" in line]
-        verdict = _check(root) if final.returncode == 0 else f"exit {final.returncode}: {out[-500:]}"
+        verdict = _check(folder) if final.returncode == 0 else f"exit {final.returncode}: {out[-500:]}"
         good += verdict == "ok"
         print(f"round {r}: killed after {[n for n, _ in kills]} lines ({ended} trials ended then), "
               f"final exit {final.returncode}; {' '.join(reconciled) or 'nothing to reconcile'}: {verdict}",

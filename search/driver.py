@@ -19,7 +19,8 @@ Ctrl-C does.
   the built-in defaults (``hidden [300]``, 10 epochs, ``device auto``). :func:`ray_saved_state`
   tells the two apart; a search Ray saved nothing of is run again from its spec under the same id
   (its parent run and Optuna study go on), after :func:`settle_lost_start` checked that the spec
-  is the one it was started with and closed what the dead driver left open.
+  is the one it was started with; what the dead driver left open is reconciled as after any
+  killed driver (``TrackingCallback._reconcile``).
 - **SIGTERM** (``kill``, ``timeout``, a scheduler, systemd): Ray's core worker, loaded into the
   driver by ``ray.init``, installs abseil's failure-signal handler for SIGTERM at the C level; it
   prints a C++ stack dump and aborts the driver (exit status 134), so Tune saves nothing and the
@@ -146,21 +147,17 @@ def ray_saved_state(path: str) -> bool:
     return any(i.base_name.startswith("experiment_state-") and i.base_name.endswith(".json") for i in infos)
 
 
-LOST_CAUSE = "the search's driver died before Ray saved the search; it started again from its spec"
-
-
 def settle_lost_start(tracking_uri: str, optuna_url: str, experiment: str, search_id: str, trials: int,
                       spec_yaml: str) -> None:
     """Before a search that Ray saved nothing of runs again under its id: refuse (``SpecError``,
     exit 2) a spec other than the one it was started with (its ``spec.yaml`` on the parent run;
-    the trial count as the parent's ``trials`` param), then close what the dead driver left open:
-    its trials' runs KILLED, tagged ``interrupted`` with the cause (their trials are asked again
-    from Optuna, as new trials), and the study's RUNNING trials FAIL (the sampler ignores them)."""
-    import optuna
+    the trial count as the parent's ``trials`` param). What the dead driver left open is then made
+    to agree by the tracking callback, as after any killed driver (``TrackingCallback._reconcile``):
+    the study's unfinished trials run again under new Tune trials, their runs deleted."""
     import yaml
 
     from .spec import SpecError
-    from .store import TAG, ClientReader
+    from .store import ClientReader
 
     reader = ClientReader(tracking_uri)
     exp_id, parent = reader.find_search(experiment, search_id)
@@ -181,19 +178,6 @@ def settle_lost_start(tracking_uri: str, optuna_url: str, experiment: str, searc
             raise SpecError([("--resume", f"the spec is not the one search {search_id} was started with (its "
                                           "spec.yaml on the parent run); resume with that spec or start a new "
                                           "search", search_id)])
-        client = reader.client
-        for run in reader.children(exp_id, parent.run_id):
-            if run.status == "RUNNING":
-                client.set_tag(run.run_id, f"{TAG}.state", "interrupted")
-                client.set_tag(run.run_id, f"{TAG}.pareto", "false")
-                client.set_tag(run.run_id, f"{TAG}.cause", LOST_CAUSE)
-                client.set_terminated(run.run_id, "KILLED")
-    try:
-        study = optuna.load_study(study_name=search_id, storage=optuna_url)
-    except KeyError:  # killed before the study was created
-        return
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
 
 
 def _without_trials(spec: Any) -> Any:

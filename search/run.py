@@ -167,6 +167,7 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
                               compares=_compares(spec), optuna_storage=optuna_url)
             callback = TrackingCallback(tracker, spec.trials, spec.concurrency, quiet, budget)
             callback.experiment_path = f"{storage.rstrip('/')}/{search_id}"
+            callback.restored = restart  # a lost start: the study and MLflow may hold its trials
             tuner = _new_tuner(spec, storage, search_id, callback, optuna_url, budget)
         callback.quiet = quiet
         say_start(callback._say, spec, search_id, storage, uri, optuna_url, callback.tracker.url,
