@@ -1,10 +1,17 @@
-"""Shared fixtures: one local Ray instance for the whole session (ray.init costs seconds)."""
+"""Shared fixtures: one local Ray instance for the whole session (ray.init costs seconds).
+
+The tests keep what they cache (sparsetune's image checks, matplotlib's font list) out of the
+user's cache directory: ``XDG_CACHE_HOME`` points at a temporary folder for the session and the
+processes it starts (unless the caller set it)."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
+
+os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="sparsetune-tests-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -69,6 +69,7 @@ def cli(tmp_path, monkeypatch, capsys):
 
     def run(*args: str) -> tuple[int, str]:
         capsys.readouterr()
+        ray_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()  # another test's session
         code = main(list(args))
         out, err = capsys.readouterr()
         assert out == ""
@@ -78,7 +79,7 @@ def cli(tmp_path, monkeypatch, capsys):
         command = args[0]
         assert lines[0].startswith(f"sparsetune {command}: error: "), err
         assert err.count("error:") == 1, err  # one message (it may list its lines below)
-        if "ray" in sys.modules:
+        if "ray" in sys.modules and not ray_before:  # this command started no Ray
             assert not sys.modules["ray"].is_initialized()
         for name in ("mlflow.db", "mlruns", "mlartifacts", "ray_results", "out"):
             assert not (tmp_path / name).exists(), f"{name} was created"
