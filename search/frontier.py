@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import math
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,7 +27,7 @@ from trainables.schema import DENSE_REFERENCE
 
 from . import pareto
 
-__all__ = ["Objective", "Frontier", "CHANCE_CAUSES", "at_chance", "finite", "objective_matrix", "objectives_to_json",
+__all__ = ["Objective", "Frontier", "LiveFrontier", "CHANCE_CAUSES", "at_chance", "finite", "objective_matrix", "objectives_to_json",
            "objectives_from_json", "better"]
 
 class Objective(BaseModel):
@@ -165,3 +166,72 @@ def _num(value: Any, sign: float) -> float:
     """A sort key: ``sign * value``, missing values last."""
     ok = finite(value)
     return sign * float(value) if ok else math.inf
+
+
+class LiveFrontier:
+    """:meth:`Frontier.of` over complete trials that arrive one at a time (the search's driver).
+
+    Keeps the rows sorted by ``trial_id`` (the order the tracker has always passed to
+    :meth:`Frontier.of`), their Pareto mask and a :class:`pareto.ParetoFront`. Adding a trial
+    costs O(front) comparisons plus an O(n) copy of pointers and booleans, not the O(n^2)
+    dominance matrix; :meth:`frontier` is a snapshot equal to ``Frontier.of(rows, objectives)``
+    (rows, mask and hypervolume, bit for bit) that later additions do not change.
+
+    A trial added again (its row replaced) may free rows it dominated, so that rebuilds the front
+    from every row: rare, and then O(n * front).
+    """
+
+    def __init__(self, objectives: list[Objective], rows: list[dict] = ()):
+        self.objectives = objectives
+        self._modes = [o.mode for o in objectives]
+        self._reference = objective_matrix([], objectives)[1]  # depends on the objectives only
+        self._rebuild(list(rows))
+
+    def _rebuild(self, rows: list[dict]) -> None:
+        self._front = pareto.ParetoFront(self._modes, self._reference)
+        self._ids: list[str] = []  # trial ids, sorted
+        self._rows: list[dict] = []  # aligned with _ids
+        self._mask = np.zeros(0, bool)  # aligned with _ids; replaced, never changed once handed out
+        for row in sorted(rows, key=lambda r: r["trial_id"]):
+            self.add(row)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, row: dict) -> list[str]:
+        """Add (or replace) one complete trial's row; the trial ids whose membership may have
+        changed: the new trial and those it evicted (every trial after a replacement)."""
+        tid = row["trial_id"]
+        at = bisect_left(self._ids, tid)
+        if at < len(self._ids) and self._ids[at] == tid:
+            self._rebuild([*self._rows[:at], row, *self._rows[at + 1:]])
+            return list(self._ids)
+        values = objective_matrix([row], self.objectives)[0][0]
+        joined, evicted = self._front.insert(tid, values)
+        self._ids.insert(at, tid)
+        self._rows.insert(at, row)
+        mask = np.insert(self._mask, at, joined)  # a new array: earlier snapshots keep theirs
+        for gone in evicted:
+            mask[bisect_left(self._ids, gone)] = False
+        self._mask = mask
+        return [tid, *evicted]
+
+    @property
+    def size(self) -> int:
+        """Pareto-optimal trials (``frontier().mask.sum()``), in O(1)."""
+        return len(self._front)
+
+    @property
+    def hypervolume(self) -> float:
+        """``frontier().hypervolume``: recomputed from the front alone when it changed."""
+        return self._front.hypervolume if self._ids else 0.0
+
+    def member(self, trial_id: str) -> bool:
+        at = bisect_left(self._ids, trial_id)
+        return at < len(self._ids) and self._ids[at] == trial_id and bool(self._mask[at])
+
+    def frontier(self) -> Frontier:
+        """A snapshot: equal to ``Frontier.of`` over the rows so far, sorted by ``trial_id``."""
+        if not self._ids:
+            return Frontier([], self.objectives, np.zeros(0, bool), 0.0)
+        return Frontier(list(self._rows), self.objectives, self._mask, self.hypervolume)

@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 from trainables.schema import ARTIFACTS
 
 from . import faults
-from .frontier import CHANCE_CAUSES, Frontier, Objective, better, objective_matrix, objectives_to_json
+from .frontier import CHANCE_CAUSES, Frontier, LiveFrontier, Objective, better, objective_matrix, objectives_to_json
 from .locations import run_url, runs_url
 from .store import TAG, ClientReader, RunRecord, failure_summary, load_frontier, row_of
 
@@ -82,7 +82,9 @@ class Tracker:
         self._parent_id: str | None = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._rows: dict[str, dict] | None = None  # trial_id -> row of complete trials
-        self._pareto: dict[str, bool] = {}
+        self._pareto: dict[str, bool] = {}  # trial_id -> its sparsetune.pareto tag as written
+        self._live: LiveFrontier | None = None  # the frontier of _rows, kept up to date
+        self._dirty: set[str] = set()  # trials whose pareto tag may differ from _pareto
         self._logged_at = -1  # number of complete trials when the hypervolume was last logged
         self._fresh = False  # this tracker created the parent: no child run can exist yet
         self._pending: dict[str, list[Metric]] = {}  # run_id -> epoch metrics not yet written
@@ -242,8 +244,11 @@ class Tracker:
         faults.point("artifacts")
         self.client.set_tag(run_id, f"{TAG}.state", "complete")
         self.client.set_terminated(run_id, "FINISHED")
-        rows = self._complete_rows()
-        rows[trial_id] = row_of(RunRecord.of(self.client.get_run(run_id)))
+        row = row_of(RunRecord.of(self.client.get_run(run_id)))
+        live = self._live_frontier()  # a first load already reads this trial back from the store
+        if self._rows.get(trial_id) != row:
+            self._rows[trial_id] = row
+            self._dirty.update(live.add(row))
         frontier = self._update_frontier()
         if time.monotonic() - self._published >= self.live_s:
             # a watcher sees the frontier so far (complete trials; the others join at the end)
@@ -289,22 +294,36 @@ class Tracker:
             frontier = load_frontier(self.reader, self.experiment_id, self.parent_id, self.objectives)
             self._rows = {r["trial_id"]: r for r in frontier.rows}
             self._pareto = {}  # unknown: the next update writes every complete trial's tag
+            self._live = None
         return self._rows
 
-    def _update_frontier(self) -> Frontier:
+    def _live_frontier(self) -> LiveFrontier:
+        """The frontier of the complete trials, kept in memory: built once from the store (as
+        ``_complete_rows``), then one trial at a time (``complete``)."""
         rows = self._complete_rows()
-        frontier = Frontier.of([rows[t] for t in sorted(rows)], self.objectives)
-        for row, keep in zip(frontier.rows, frontier.mask):
-            if self._pareto.get(row["trial_id"]) != bool(keep):
-                self.client.set_tag(row["run_id"], f"{TAG}.pareto", "true" if keep else "false")
-                self._pareto[row["trial_id"]] = bool(keep)
-        if len(rows) != self._logged_at:
+        if self._live is None:
+            self._live = LiveFrontier(self.objectives, list(rows.values()))
+            self._dirty = set(rows)  # every complete trial's tag is checked once
+        return self._live
+
+    def _update_frontier(self) -> Frontier:
+        """Pareto tags of the trials whose membership changed, and the parent's ``hypervolume``
+        and ``frontier_size`` at step = complete trials. Returns ``Frontier.of`` over the
+        complete trials (a snapshot of the live frontier: no O(n^2) recomputation)."""
+        live = self._live_frontier()
+        for tid in sorted(self._dirty):  # a trial stays dirty until its tag is written
+            keep = live.member(tid)
+            if self._pareto.get(tid) != keep:
+                self.client.set_tag(self._rows[tid]["run_id"], f"{TAG}.pareto", "true" if keep else "false")
+                self._pareto[tid] = keep
+            self._dirty.discard(tid)
+        if len(live) != self._logged_at:
             ts = _now_ms()
             self.client.log_batch(self.parent_id, metrics=[
-                Metric("hypervolume", frontier.hypervolume, ts, len(rows)),
-                Metric("frontier_size", float(frontier.mask.sum()), ts, len(rows))])
-            self._logged_at = len(rows)
-        return frontier
+                Metric("hypervolume", live.hypervolume, ts, len(live)),
+                Metric("frontier_size", float(live.size), ts, len(live))])
+            self._logged_at = len(live)
+        return live.frontier()
 
     def trial_runs(self) -> dict[str, RunRecord]:
         """This search's child runs by trial id (after a restore: what MLflow already holds)."""
