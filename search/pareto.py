@@ -223,9 +223,10 @@ class ParetoFront:
     def insert(self, key, values: ArrayLike) -> tuple[bool, list]:
         """Insert one row (original directions) under ``key``: whether it joined the front, and
         the keys of the front rows it evicted."""
-        p = np.asarray(values, dtype=float) * self._sign
+        p = np.asarray(values, dtype=float)
         if p.shape != self._sign.shape:
             raise ValueError(f"a row must have {len(self._sign)} values, but got shape {p.shape}.")
+        p = p * self._sign
         if np.isnan(p).any():
             return False, []
         front = self._loss
