@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from trainables.schema import ARTIFACTS
@@ -242,13 +242,18 @@ class Tracker:
                 if (artifacts / name).exists():
                     self.client.log_artifact(run_id, str(artifacts / name))
         faults.point("artifacts")
-        self.client.set_tag(run_id, f"{TAG}.state", "complete")
-        self.client.set_terminated(run_id, "FINISHED")
+        # the row (ids, metrics, params: no state) first, so that the state and the trial's own
+        # pareto tag are one write, after the artifacts; FINISHED last
         row = row_of(RunRecord.of(self.client.get_run(run_id)))
-        live = self._live_frontier()  # a first load already reads this trial back from the store
+        live = self._live_frontier()  # a first load may read this trial back from the store already
         if self._rows.get(trial_id) != row:
             self._rows[trial_id] = row
             self._dirty.update(live.add(row))
+        keep = live.member(trial_id)
+        self._tags(run_id, state="complete", pareto="true" if keep else "false")
+        self._pareto[trial_id] = keep
+        self._dirty.discard(trial_id)
+        self.client.set_terminated(run_id, "FINISHED")
         frontier = self._update_frontier()
         if time.monotonic() - self._published >= self.live_s:
             # a watcher sees the frontier so far (complete trials; the others join at the end)
@@ -259,17 +264,13 @@ class Tracker:
     def pruned(self, run_id: str, epoch: int) -> None:
         """Stopped early by the scheduler: kept, but never on the frontier (Optuna: PRUNED)."""
         self.flush(run_id)
-        self.client.set_tag(run_id, f"{TAG}.state", "pruned")
-        self.client.set_tag(run_id, f"{TAG}.pruned_at_epoch", str(epoch))
-        self.client.set_tag(run_id, f"{TAG}.pareto", "false")
+        self._tags(run_id, state="pruned", pruned_at_epoch=str(epoch), pareto="false")
         self.client.set_terminated(run_id, "KILLED")
 
     def stopped(self, run_id: str, epoch: int) -> None:
         """Stopped by the search's time budget: not a failure, never on the frontier."""
         self.flush(run_id)
-        self.client.set_tag(run_id, f"{TAG}.state", "stopped")
-        self.client.set_tag(run_id, f"{TAG}.stopped_at_epoch", str(epoch))
-        self.client.set_tag(run_id, f"{TAG}.pareto", "false")
+        self._tags(run_id, state="stopped", stopped_at_epoch=str(epoch), pareto="false")
         self.client.set_terminated(run_id, "KILLED")
 
     def failed(self, run_id: str, error: str, cause: str | None = None) -> None:
@@ -277,12 +278,13 @@ class Tracker:
         that the search's summary groups trials by."""
         self.flush(run_id)
         cause = cause or _cause(error)
-        self.client.set_tag(run_id, f"{TAG}.state", "failed")
-        self.client.set_tag(run_id, f"{TAG}.error", error[-MAX_TAG:])
-        self.client.set_tag(run_id, f"{TAG}.cause", cause[:MAX_TAG])
-        self.client.set_tag(run_id, f"{TAG}.pareto", "false")
+        self._tags(run_id, state="failed", error=error[-MAX_TAG:], cause=cause[:MAX_TAG], pareto="false")
         self.client.log_text(run_id, error, "error.txt")
         self.client.set_terminated(run_id, "FAILED")
+
+    def _tags(self, run_id: str, **tags: str) -> None:
+        """Several ``sparsetune.<name>`` tags of one run in one write (one transaction)."""
+        self.client.log_batch(run_id, tags=[RunTag(f"{TAG}.{k}", v) for k, v in tags.items()])
 
     def retried(self, run_id: str, error: str) -> None:
         self.client.set_tag(run_id, f"{TAG}.last_retry_error", error[-MAX_TAG:])
@@ -372,8 +374,7 @@ class Tracker:
         for rid in self._runs.values():
             run = self.client.get_run(rid)
             if run.info.status == "RUNNING" and run.data.tags.get(f"{TAG}.state") not in ENDED:
-                self.client.set_tag(rid, f"{TAG}.state", INTERRUPTED)
-                self.client.set_tag(rid, f"{TAG}.pareto", "false")
+                self._tags(rid, state=INTERRUPTED, pareto="false")
                 self.client.set_terminated(rid, "KILLED")
 
     def finish(self, status: str = "FINISHED", outcome: str = "") -> Frontier:

@@ -159,7 +159,7 @@ def test_live_frontier_equals_frontier_of_after_every_trial(objectives, seed):
 
 
 class _CountingClient:
-    """An MlflowClient that records every ``sparsetune.pareto`` tag written."""
+    """An MlflowClient that records every ``sparsetune.pareto`` tag written (alone or in a batch)."""
 
     def __init__(self, client: MlflowClient):
         self._client, self.pareto_writes = client, []
@@ -168,6 +168,10 @@ class _CountingClient:
         if key == "sparsetune.pareto":
             self.pareto_writes.append(run_id)
         return self._client.set_tag(run_id, key, value)
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=(), **kwargs):
+        self.pareto_writes += [run_id for t in tags if t.key == "sparsetune.pareto"]
+        return self._client.log_batch(run_id, metrics=metrics, params=params, tags=tags, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self._client, name)
