@@ -19,8 +19,9 @@ machine). What is real and what is not:
 Per timed trial, split by part: ``frontier`` (the frontier computation inside the tracker, MLflow
 calls excluded), ``mlflow`` (every MLflow client call of the tracker), ``tracker other`` (the rest
 of the tracker's Python: config flattening, row building), ``optuna`` (ask + space + tell).
-``--frontier full`` runs the tracker with the frontier update as it was before the incremental
-front (``Frontier.of`` over every complete trial after each one), ``incremental`` with today's.
+``--frontier full`` gives the tracker the frontier as it was before the incremental front
+(``Frontier.of`` over every complete trial after each one, and every trial's pareto tag checked),
+behind the same interface; ``incremental`` is today's ``LiveFrontier``.
 
     python bench/driver_scale.py                               # N = 300, ~1 min
     python bench/driver_scale.py --trials 4000 --frontier full
@@ -37,7 +38,6 @@ import sqlite3
 import statistics
 import tempfile
 import time
-import types
 import uuid
 import warnings
 from collections import defaultdict
@@ -47,7 +47,6 @@ from common import add_common_args, base_payload, markdown_table, print_header, 
 
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
-from mlflow.entities import Metric  # noqa: E402
 
 from search.frontier import Frontier, LiveFrontier  # noqa: E402
 from search.samplers import make_sampler  # noqa: E402
@@ -127,31 +126,40 @@ class TimedLive:
         return self._timed(lambda: self._live.hypervolume)
 
 
-class NoLive:
-    """``--frontier full``: the tracker's live frontier does nothing (the old update needs none)."""
+class FullFrontier:
+    """``--frontier full``: the tracker's frontier as it was before the incremental front,
+    behind ``LiveFrontier``'s interface: ``Frontier.of`` over every complete trial after each one,
+    and every trial's pareto tag checked (``add`` names them all)."""
+
+    def __init__(self, objectives, rows: list[dict]):
+        self.objectives, self._rows = objectives, {r["trial_id"]: r for r in rows}
+        self._of()
+
+    def _of(self) -> None:
+        self._frontier = Frontier.of([self._rows[t] for t in sorted(self._rows)], self.objectives)
+        self._member = {r["trial_id"]: bool(k) for r, k in zip(self._frontier.rows, self._frontier.mask)}
 
     def add(self, row):
-        return []
+        self._rows[row["trial_id"]] = row
+        self._of()
+        return list(self._member)
 
+    def member(self, tid):
+        return self._member.get(tid, False)
 
-def full_update_frontier(self: Tracker) -> Frontier:
-    """``Tracker._update_frontier`` before the incremental front (search/tracking.py at 0d67cf1),
-    with the time outside MLflow calls added to ``frontier``."""
-    clock, t0, m0 = self._bench_clock, time.perf_counter(), self._bench_clock.s["mlflow"]
-    rows = self._complete_rows()
-    frontier = Frontier.of([rows[t] for t in sorted(rows)], self.objectives)
-    for row, keep in zip(frontier.rows, frontier.mask):
-        if self._pareto.get(row["trial_id"]) != bool(keep):
-            self.client.set_tag(row["run_id"], f"{TAG}.pareto", "true" if keep else "false")
-            self._pareto[row["trial_id"]] = bool(keep)
-    if len(rows) != self._logged_at:
-        ts = int(time.time() * 1000)
-        self.client.log_batch(self.parent_id, metrics=[
-            Metric("hypervolume", frontier.hypervolume, ts, len(rows)),
-            Metric("frontier_size", float(frontier.mask.sum()), ts, len(rows))])
-        self._logged_at = len(rows)
-    clock.s["frontier"] += time.perf_counter() - t0 - (clock.s["mlflow"] - m0)
-    return frontier
+    def frontier(self):
+        return self._frontier
+
+    def __len__(self):
+        return len(self._rows)
+
+    @property
+    def size(self):
+        return int(self._frontier.mask.sum())
+
+    @property
+    def hypervolume(self):
+        return self._frontier.hypervolume
 
 
 def objectives_of(rng: np.random.Generator) -> dict[str, float]:
@@ -243,12 +251,8 @@ def run_tracker(tmp: Path, spec_dict: dict, n: int, last: int, epochs: int, mode
     tracker._logged_at = len(rows)
     clock = Clock()
     tracker._client = TimedClient(tracker.client, clock)
-    tracker._bench_clock = clock
-    if mode == "full":
-        tracker._update_frontier = types.MethodType(full_update_frontier, tracker)
-        tracker._live = NoLive()
-    else:
-        tracker._live, tracker._dirty = TimedLive(live, clock), set()
+    tracker._live = TimedLive(FullFrontier(spec.objectives, list(rows.values())) if mode == "full" else live, clock)
+    tracker._dirty = set()
     per_trial = []
     for tid in ids[n - last:]:
         clock.s.clear()

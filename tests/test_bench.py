@@ -39,6 +39,6 @@ def test_driver_scale_reports_its_parts_and_ends_with_the_per_trial_line(flags):
     assert re.fullmatch(r"driver work per trial: \d+\.\d ms at 8 trials", lines[-1]), lines[-1]
     assert "SIMULATED IN PROCESS" in done.stdout and "median over the last 3 trials" in lines[-2]
     rows = {line.split("|")[1].strip() for line in lines if line.startswith("|")}
-    parts = {"frontier", "mlflow", "tracker other", "**total**", "`log_batch`", "`set_tag`"}
+    parts = {"frontier", "mlflow", "tracker other", "**total**", "`log_batch`", "`set_terminated`"}
     assert parts | ({"optuna"} if "--no-optuna" not in flags else set()) <= rows
     assert ("optuna" in rows) == ("--no-optuna" not in flags)
