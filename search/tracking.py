@@ -242,18 +242,13 @@ class Tracker:
                 if (artifacts / name).exists():
                     self.client.log_artifact(run_id, str(artifacts / name))
         faults.point("artifacts")
-        # the row (ids, metrics, params: no state) first, so that the state and the trial's own
-        # pareto tag are one write, after the artifacts; FINISHED last
+        self.client.set_tag(run_id, f"{TAG}.state", "complete")
+        self.client.set_terminated(run_id, "FINISHED")
         row = row_of(RunRecord.of(self.client.get_run(run_id)))
-        live = self._live_frontier()  # a first load may read this trial back from the store already
+        live = self._live_frontier()  # a first load already reads this trial back from the store
         if self._rows.get(trial_id) != row:
             self._rows[trial_id] = row
             self._dirty.update(live.add(row))
-        keep = live.member(trial_id)
-        self._tags(run_id, state="complete", pareto="true" if keep else "false")
-        self._pareto[trial_id] = keep
-        self._dirty.discard(trial_id)
-        self.client.set_terminated(run_id, "FINISHED")
         frontier = self._update_frontier()
         if time.monotonic() - self._published >= self.live_s:
             # a watcher sees the frontier so far (complete trials; the others join at the end)
