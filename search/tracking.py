@@ -50,6 +50,20 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+_NOT_METRICS = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid",
+                "time_since_restore", "iterations_since_restore", "done", "final", "epoch"}
+
+
+def _step(result: dict) -> int:
+    """The step an epoch's metrics are logged at: the epoch."""
+    return int(result.get("epoch", result.get("training_iteration", 0)))
+
+
+def _epoch_scalars(result: dict):
+    """The (name, value) pairs of a report that are metrics (finite numbers; not Ray's bookkeeping)."""
+    return [(k, v) for k, v in result.items() if k not in _NOT_METRICS and _numeric(v) and "/" not in k]
+
+
 def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """A SQLite store keeps its artifacts beside the database file (not in the working directory);
     a tracking server decides for itself (``--artifacts-destination``)."""
@@ -90,6 +104,7 @@ class Tracker:
         self._pending: dict[str, list[Metric]] = {}  # run_id -> epoch metrics not yet written
         self._flushed: dict[str, float] = {}  # run_id -> time of its last write
         self._steps: dict[str, dict[str, int]] = {}  # run_id -> metric -> last step written
+        self._found: set[str] = set()  # runs found again after a restore (they may lack epochs)
         self._published = -math.inf  # time of the last refresh of the parent's frontier artifacts
 
     def __getstate__(self) -> dict:
@@ -179,6 +194,7 @@ class Tracker:
                 self.client.set_tag(rid, f"{TAG}.state", "running")
                 self.client.update_run(rid, status="RUNNING")
             self._load_steps(rid, found[0].data.metrics)
+            self._found.add(rid)
             return rid
         tags = {"mlflow.parentRunId": parent, f"{TAG}.search_id": self.search_id,
                 f"{TAG}.trial_id": trial_id, f"{TAG}.regularizer": regularizer, f"{TAG}.state": "running"}
@@ -193,6 +209,29 @@ class Tracker:
             self.client.log_batch(rid, params=params[i:i + 100])
         self._runs[trial_id] = rid
         return rid
+
+    def _backfill(self, run_id: str, artifacts: Path) -> None:
+        """Write the epochs of ``result.json``'s history that the run does not hold (see ``complete``)."""
+        import json
+
+        from trainables.schema import RESULT_FILE
+
+        if not (artifacts / RESULT_FILE).exists():
+            return
+        history = json.loads((artifacts / RESULT_FILE).read_text()).get("history", [])
+        held: dict[str, set[int]] = {}
+        missing = []
+        ts = _now_ms()
+        for epoch in history:
+            step = _step(epoch)
+            for k, v in _epoch_scalars(epoch):
+                if k not in held:
+                    held[k] = {m.step for m in self.client.get_metric_history(run_id, k)}
+                if step not in held[k]:
+                    held[k].add(step)
+                    missing.append(Metric(k, float(v), ts, step))
+        for i in range(0, len(missing), 1000):
+            self.client.log_batch(run_id, metrics=missing[i:i + 1000])
 
     def _load_steps(self, run_id: str, metrics: dict) -> None:
         """What a found run already holds: a trial resumed from an older checkpoint repeats epochs."""
@@ -211,14 +250,12 @@ class Tracker:
         Buffered: written when ``flush_s`` seconds have passed since the run's last write, and
         when the trial ends. One SQLite transaction per epoch costs more than a whole epoch of a
         small trial (bench/ray_overhead.py); long epochs still appear live."""
-        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        step = _step(result)
         ts = _now_ms()
-        skip = {"training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid",
-                "time_since_restore", "iterations_since_restore", "done", "final", "epoch"}
         last = self._steps.setdefault(run_id, {})
         fresh = []
-        for k, v in result.items():
-            if k in skip or not _numeric(v) or "/" in k or step <= last.get(k, -1):
+        for k, v in _epoch_scalars(result):
+            if step <= last.get(k, -1):
                 continue
             last[k] = step
             fresh.append(Metric(k, float(v), ts, step))
@@ -235,8 +272,14 @@ class Tracker:
             self._flushed[rid] = time.monotonic()
 
     def complete(self, run_id: str, trial_id: str, artifacts: Path | None) -> Frontier:
-        """A trial that finished its full budget: artifacts, FINISHED, frontier and hypervolume."""
+        """A trial that finished its full budget: artifacts, FINISHED, frontier and hypervolume.
+
+        A run found again after a restore gets the epochs it lacks from the trial's ``result.json``
+        history: a driver killed while epochs were still buffered lost them, and a trial resumed
+        from a newer checkpoint never reports them again."""
         self.flush(run_id)
+        if artifacts is not None and run_id in self._found:
+            self._backfill(run_id, artifacts)
         if artifacts is not None:
             for name in ARTIFACTS:
                 if (artifacts / name).exists():
@@ -339,16 +382,15 @@ class Tracker:
         was killed (and that Ray, whose state was older, never recorded): from its final checkpoint
         (epochs, final metrics, artifacts) when it has one, else from the study's values."""
         self._load_steps(run_id, self.client.get_run(run_id).data.metrics)
+        self._found.add(run_id)
         if state == "complete":
-            if checkpoint is not None:
+            if checkpoint is not None:  # its epochs (what MLflow lacks of them: complete's backfill), then the result
                 import json
 
                 from trainables.schema import RESULT_FILE
 
                 payload = json.loads((checkpoint / RESULT_FILE).read_text())
                 history = payload.pop("history", [])
-                for epoch in history[:-1]:
-                    self.log_result(run_id, epoch)
                 self.log_result(run_id, {**(history[-1] if history else {}), **payload, "final": 1.0})
             else:
                 self.log_result(run_id, {**values, "final": 1.0})

@@ -581,3 +581,29 @@ def test_frontier_and_export_constraints_keep_only_the_runs_that_meet_them():
     assert kept(max_params=300) == ["b", "c", "d"]
     assert kept(max_compact_params=500) == ["c", "d"]  # b has 300 non-zero but stores 800
     assert kept(max_flops=50, min_accuracy=0.6) == ["c"]
+
+
+def test_a_run_found_after_a_killed_driver_gets_the_epochs_it_lost_from_the_result(tmp_path):
+    """Epochs buffered in a killed driver never reached MLflow, and a trial resumed from a newer
+    checkpoint does not report them again: its result.json history fills the gaps, once each."""
+    import json
+
+    tracker = _tracker(tmp_path)
+    tracker.flush_s = 1e9  # everything buffered until the trial ends
+    run = tracker.run_for("t1", "cges_t1", "cges", {"regularizer": {"name": "cges"}})
+    history = [{"epoch": e, "train_loss": 1.0 / e, "val_accuracy": 0.5 + e / 10, "phase": "train"} for e in (1, 2, 3, 4)]
+    tracker.log_result(run, history[0])
+    tracker.flush(run)  # epoch 1 reached MLflow ...
+    tracker.log_result(run, history[1])  # ... epoch 2 was buffered when the driver died
+    restored = pickle.loads(pickle.dumps(tracker))
+    assert restored.run_for("t1", "cges_t1", "cges", {}) == run
+    # resumed from epoch 3's checkpoint: epoch 4 is reported, then the trial ends
+    restored.log_result(run, {**history[3], "params_nonzero": 10.0, "params_total": 100.0, "final": 1.0})
+    (tmp_path / "art").mkdir()
+    (tmp_path / "art" / "result.json").write_text(json.dumps({"val_accuracy": 0.9, "history": history}))
+    restored.complete(run, "t1", tmp_path / "art")
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    for key in ("train_loss", "val_accuracy"):
+        steps = sorted(m.step for m in client.get_metric_history(run, key))
+        assert steps == [1, 2, 3, 4], (key, steps)
+    assert {m.step: m.value for m in client.get_metric_history(run, "train_loss")}[2] == 0.5
