@@ -44,7 +44,7 @@ def train_trial(config: dict[str, Any], checkpoint_every_s: float = 0.0, import_
     from trainables import TrainingDiverged, fit, save_run
 
     cfg = TrialConfig.from_dict(config)
-    resume = newest_state(tune.get_checkpoint(), cfg.to_dict())
+    resume = newest_state(tune.get_checkpoint())
 
     last_checkpoint = time.monotonic()
 
@@ -75,28 +75,33 @@ def train_trial(config: dict[str, Any], checkpoint_every_s: float = 0.0, import_
                      "error": "".join(traceback.format_exception(e))})
 
 
-def newest_state(checkpoint: tune.Checkpoint | None, config: dict[str, Any]) -> dict[str, Any] | None:
+def newest_state(checkpoint: tune.Checkpoint | None) -> dict[str, Any] | None:
     """The training state to resume from: the newest loadable checkpoint of this trial.
 
     Normally that is the one Ray hands over. After the driver was killed, Ray's restored
     experiment state can be older than the trial's directory: the checkpoint it names may have been
     deleted since (Ray keeps two), a newer one may exist (written after Ray last saved its state),
-    and one may be half written. So every ``checkpoint_*`` beside Ray's is a candidate, newest
-    epoch first; the first that loads and was written for this config wins, and with none the
-    trial starts over. A trial that had finished resumes from its final checkpoint and only
-    reports its last epoch again."""
+    and one may be half written. So every ``checkpoint_*`` beside Ray's (the same trial's) is a
+    candidate, newest epoch first; the first that loads wins, and with none the trial starts over.
+    A trial that had finished resumes from its final checkpoint and only reports its last epoch
+    again. A checkpoint holding a pickled object is refused, never skipped (``weights_only``)."""
+    import pickle
+
     import pyarrow.fs
     import torch
 
     if checkpoint is None:
         return None
-    fs, parent = checkpoint.filesystem, os.path.dirname(checkpoint.path.rstrip("/"))
-    try:
-        infos = fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
-    except OSError:
-        infos = []
-    paths = {i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
-             and i.base_name.startswith("checkpoint_")} | {checkpoint.path}
+    fs = getattr(checkpoint, "filesystem", None)
+    paths = {checkpoint.path} if fs is not None else set()
+    if fs is not None:
+        try:
+            infos = fs.get_file_info(pyarrow.fs.FileSelector(os.path.dirname(checkpoint.path.rstrip("/")),
+                                                             allow_not_found=True))
+        except OSError:
+            infos = []
+        paths |= {i.path for i in infos if i.type == pyarrow.fs.FileType.Directory
+                  and i.base_name.startswith("checkpoint_")}
 
     def epoch_of(path: str) -> int:
         try:
@@ -106,14 +111,16 @@ def newest_state(checkpoint: tune.Checkpoint | None, config: dict[str, Any]) -> 
             return -1
 
     ranked = sorted(paths, key=lambda p: (epoch_of(p), p == checkpoint.path, p), reverse=True)
-    for path in ranked:
+    candidates = [tune.Checkpoint(p, filesystem=fs) for p in ranked] if fs is not None else [checkpoint]
+    for candidate in candidates:
         try:
-            with tune.Checkpoint(path, filesystem=fs).as_directory() as d:
-                state = torch.load(Path(d) / STATE_FILE, weights_only=True)
-        except Exception:  # gone, empty or half written: try the next one
-            continue
-        if isinstance(state, dict) and state.get("config") == config:
-            return state
+            with candidate.as_directory() as d:
+                return torch.load(Path(d) / STATE_FILE, weights_only=True)
+        except pickle.UnpicklingError as e:
+            if "Weights only load failed" in str(e):
+                raise  # not a torn file: an object that would run code when loaded
+        except Exception:  # noqa: BLE001 - gone, empty or half written: the next one
+            pass
     return None
 
 

@@ -508,27 +508,26 @@ def test_a_trial_resumes_from_its_newest_loadable_checkpoint(tmp_path):
 
     config = {"seed": 1}
 
-    def write(name: str, epoch: int, cfg: dict | None = None, torn: bool = False) -> str:
+    def write(name: str, epoch: int, torn: bool = False) -> str:
         d = tmp_path / name
         d.mkdir()
         (d / EPOCH_FILE).write_text(json.dumps({"epoch": epoch}))
         if torn:
             (d / STATE_FILE).write_bytes(b"PK\x03\x04 half of a zip")
         else:
-            torch.save({"config": cfg or config, "epoch": epoch}, d / STATE_FILE)
+            torch.save({"config": config, "epoch": epoch}, d / STATE_FILE)
         return str(d)
 
     named = tune.Checkpoint.from_directory(str(tmp_path / "checkpoint_000001"))  # deleted since
-    assert newest_state(named, config) is None  # nothing loadable: the trial starts over
+    assert newest_state(named) is None  # nothing loadable: the trial starts over
     (tmp_path / "checkpoint_000001").mkdir()  # the empty stand-in the callback leaves for Ray
     write("checkpoint_000002", 3)
     write("checkpoint_000003", 4)
     write("checkpoint_000004", 6, torn=True)  # the driver died while it was written
-    write("checkpoint_000005", 9, cfg={"seed": 2})  # not this trial's config
-    assert newest_state(named, config)["epoch"] == 4
-    assert newest_state(None, config) is None  # Ray names none: a fresh start
+    assert newest_state(named)["epoch"] == 4
+    assert newest_state(None) is None  # Ray names none: a fresh start
     ray_own = tune.Checkpoint.from_directory(write("checkpoint_000006", 5))
-    assert newest_state(ray_own, config)["epoch"] == 5  # normally: Ray's own, the newest
+    assert newest_state(ray_own)["epoch"] == 5  # normally: Ray's own, the newest
 
 
 def test_a_torn_experiment_state_is_set_aside_for_the_one_before_it(tmp_path):
