@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -16,14 +16,14 @@ ROOT = Path(__file__).parent.parent
 
 
 def test_two_ids_made_in_the_same_second_differ_and_sort_after_an_older_one():
-    now = time.time()
+    now = 1_796_000_000.0  # a fixed moment: the test does not read the clock
     older = new_search_id("tiny", now - 1)
-    legacy = f"tiny-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now - 1))}"  # an id before the suffix
+    legacy = f"tiny-{datetime.fromtimestamp(now - 1).strftime('%Y%m%d-%H%M%S')}"  # an id before the suffix
     ids = {new_search_id("tiny", now) for _ in range(20)}
     assert len(ids) > 1  # 6 random hex digits: 20 equal ids would be a 1 in 2^(24*19) chance
     for i in ids:
         assert i > older and i > legacy
-        assert search_id_stamp("tiny", i) == time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+        assert search_id_stamp("tiny", i) == datetime.fromtimestamp(now).strftime("%Y%m%d-%H%M%S")
     assert search_id_stamp("tiny", legacy) == legacy[len("tiny-"):]  # old ids still resume
 
 
@@ -54,15 +54,12 @@ def test_find_resumable_picks_the_latest_search_of_the_name_with_or_without_the_
 
 
 _CREATE = """
-import os, sys, time
-from pathlib import Path
-go = Path(sys.argv[1])
+import sys
 from search.driver import prepare_stores  # imported first: both create the stores at the same moment
 import mlflow.tracking, optuna.storages  # noqa: F401
-Path(sys.argv[2]).touch()
-while not go.exists():
-    time.sleep(0.01)
-prepare_stores(sys.argv[3], sys.argv[4], "tiny")
+print("ready", flush=True)
+sys.stdin.readline()  # released by the test, both at once
+prepare_stores(sys.argv[1], sys.argv[2], "tiny")
 print("created")
 """
 
@@ -71,18 +68,15 @@ def test_two_drivers_creating_the_same_fresh_sqlite_stores_at_once_both_succeed(
     """Two searches started together on a fresh store: MLflow's and Optuna's table creation (their
     migrations) run one process at a time, and both find one experiment afterwards."""
     uri, optuna_url = f"sqlite:///{tmp_path}/mlflow.db", f"sqlite:///{tmp_path}/optuna.db"
-    go = tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    procs = [subprocess.Popen([sys.executable, "-c", _CREATE, str(go), str(tmp_path / f"ready{i}"), uri, optuna_url],
-                              env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for i in range(2)]
-    deadline = time.monotonic() + 240
-    while not all((tmp_path / f"ready{i}").exists() for i in range(2)) and time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs):
-            break
-        time.sleep(0.05)
-    go.touch()  # both released together
-    outs = [p.communicate(timeout=240)[0] for p in procs]
+    procs = [subprocess.Popen([sys.executable, "-c", _CREATE, uri, optuna_url], env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for _ in range(2)]
+    firsts = [p.stdout.readline() for p in procs]  # both have imported everything (or failed)
+    for p in procs:  # both released together
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outs = [first + p.communicate()[0] for first, p in zip(firsts, procs)]
     for p, out in zip(procs, outs):
         assert p.returncode == 0 and "created" in out, out[-3000:]
     from mlflow.tracking import MlflowClient
