@@ -327,19 +327,25 @@ def test_driver_killed_at_every_point_of_a_trial_resumes_with_nothing_lost_or_du
     assert [m.value for m in hv if m.step == 12][-1] == pytest.approx(again.hypervolume, rel=1e-12)
 
 
-def test_two_ctrl_c_stop_at_once_leave_no_run_running_and_say_how_to_resume(tmp_path):
+def _two_trials_running(tmp_path: Path) -> tuple[Path, subprocess.Popen, list[str]]:
+    """A 4-trial search whose trials train for hours on any machine, read until both of its first
+    two are running (or it ended): its spec, its process and the lines it printed."""
     spec_dict = tiny(tmp_path, trials=4, concurrency=2)
     spec_dict["base"]["data"] = SLOW_DIGITS
-    spec_dict["base"]["optim"]["epochs"] = 100_000  # hours on any machine: both are running when it is stopped
+    spec_dict["base"]["optim"]["epochs"] = 100_000
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec_dict))
     proc = _start(["search", str(path)], tmp_path)
     seen = []
-    deadline = time.monotonic() + 240
-    for line in proc.stdout:  # both trials running
+    for line in proc.stdout:
         seen.append(line)
-        if "(2 running" in line or time.monotonic() > deadline:
+        if "(2 running" in line:
             break
+    return path, proc, seen
+
+
+def test_two_ctrl_c_stop_at_once_leave_no_run_running_and_say_how_to_resume(tmp_path):
+    path, proc, seen = _two_trials_running(tmp_path)
     proc.send_signal(signal.SIGINT)  # their runs were opened before the start lines
     time.sleep(1)
     proc.send_signal(signal.SIGINT)
@@ -357,18 +363,7 @@ def test_two_ctrl_c_stop_at_once_leave_no_run_running_and_say_how_to_resume(tmp_
 def test_sigterm_stops_like_ctrl_c_exits_130_and_leaves_no_run_running(tmp_path):
     """`kill PID` (what a scheduler, systemd or `timeout` sends) stops the search as a first Ctrl-C
     does, not with Ray's C++ stack dump and an abort (exit 134) that left every run RUNNING."""
-    spec_dict = tiny(tmp_path, trials=4, concurrency=2)
-    spec_dict["base"]["data"] = SLOW_DIGITS
-    spec_dict["base"]["optim"]["epochs"] = 100_000  # hours on any machine: both are running when it is stopped
-    path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec_dict))
-    proc = _start(["search", str(path)], tmp_path)
-    seen = []
-    deadline = time.monotonic() + 240
-    for line in proc.stdout:  # both trials running
-        seen.append(line)
-        if "(2 running" in line or time.monotonic() > deadline:
-            break
+    path, proc, seen = _two_trials_running(tmp_path)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=180)
     seen.append(out)
