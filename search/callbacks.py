@@ -170,7 +170,7 @@ class TrackingCallback(tune.Callback):
     def _total_epochs(self, trial) -> int:
         if trial.trial_id not in self._epochs:
             cfg = TrialConfig.from_dict(trial.config)
-            self._epochs[trial.trial_id] = cfg.optim.epochs + (cfg.tying.retrain_epochs if cfg.tying.enabled else 0)
+            self._epochs[trial.trial_id] = cfg.total_epochs
         return self._epochs[trial.trial_id]
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:

@@ -13,6 +13,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
@@ -59,12 +60,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(e.problems, e.source or args.config) from None
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     console = Console(stderr=True)
+    def report(epoch) -> None:
+        progress.report(epoch)
+        if epoch.result is not None and cfg.path is not None:  # every point of a path: its own run
+            save_run(epoch.result, Path(args.out) / "points" / str(int(epoch.metrics["point"])))
+
     with _EpochProgress(console, cfg, quiet=args.quiet) as progress:
-        result = fit(cfg, report=progress.report, threads=threads)
+        result = fit(cfg, report=report, threads=threads)
     out = save_run(result, args.out)
     if not args.quiet:
         _print_summary(console, result.metrics, out)
+        if cfg.path is not None:
+            _print_points(console, result.metrics["points"], Path(args.out) / "points")
     return 0
+
+
+def _print_points(console, points: list[dict], where: Path) -> None:
+    """One row per point of a path (each saved under ``where/<point>``, its config re-running it)."""
+    from rich.table import Table
+
+    table = Table(title=f"path: {len(points)} points ({where}/<point>)")
+    for column in ("point", "target", "epochs", "test accuracy", "params compact", "FLOPs compact"):
+        table.add_column(column, justify="right")
+    for p in points:
+        table.add_row(str(p["point"]), f"{p['target']:.2f}", str(p["epoch"]), f"{p['test_accuracy']:.4f}",
+                      f"{p['params_compact']:,}", f"{p['flops_compact']:,}")
+    console.print(table)
 
 
 class _EpochProgress:
@@ -73,7 +94,7 @@ class _EpochProgress:
     def __init__(self, console, cfg, quiet: bool):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        total = cfg.optim.epochs + (cfg.tying.retrain_epochs if cfg.tying.enabled else 0)
+        total = cfg.total_epochs
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
                                  console=console, disable=quiet)
@@ -89,7 +110,8 @@ class _EpochProgress:
 
     def report(self, epoch) -> None:
         metrics = epoch.metrics
-        status = f"{metrics['phase']}  loss {metrics['train_loss']:.3f}"
+        stage = f"stage {metrics['stage'] + 1}  " if "stage" in metrics else ""
+        status = f"{stage}{metrics['phase']}  loss {metrics['train_loss']:.3f}"
         if "val_accuracy" in metrics:
             status += f"  val acc {metrics['val_accuracy']:.3f}"
         status += f"  zero weights {metrics['weights_sparsity']:.1%}"

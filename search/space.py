@@ -63,6 +63,6 @@ def max_epochs(spec: SearchSpec) -> int:
     best = 1
     for _, data, _ in candidate_configs(spec):
         cfg = TrialConfig.from_dict(data)
-        best = max(best, cfg.optim.epochs + (cfg.tying.retrain_epochs if cfg.tying.enabled else 0))
+        best = max(best, cfg.total_epochs)
     return best
 

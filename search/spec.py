@@ -423,7 +423,7 @@ def validate_spec(spec: SearchSpec, source: str | None = None) -> None:
         if "val_accuracy" in spec.objective_names() + ([spec.scheduler.metric] if spec.scheduler else []) \
                 and cfg.data.val_fraction == 0:
             problems.append(("base.data.val_fraction", "val_accuracy is an objective, so it must be > 0", 0.0))
-        epochs = max(epochs, cfg.optim.epochs + (cfg.tying.retrain_epochs if cfg.tying.enabled else 0))
+        epochs = max(epochs, cfg.total_epochs)
     if spec.scheduler is not None and not problems and spec.scheduler.grace_period >= (spec.scheduler.max_t or epochs):
         problems.append(("scheduler.grace_period", f"must be below the trials' epochs ({epochs}) "
                                                    "(or scheduler.max_t): no trial could be stopped", spec.scheduler.grace_period))

@@ -74,6 +74,7 @@ __all__ = [
     "OptimConfig",
     "RegularizerConfig",
     "TyingConfig",
+    "PathConfig",
     "TrialConfig",
     "resolve_schedule",
     "parse_override",
@@ -228,6 +229,52 @@ class TyingConfig(_Strict):
         return self
 
 
+class PathConfig(_Strict):
+    """A sparsity path: one run walks ``targets`` in order, each stage regularizing (or pruning)
+    from the previous target to the next in ``epochs`` epochs, then fine-tuning ``finetune_epochs``
+    epochs with the zeroed groups masked (and tying, if on), then measuring the point: compacted,
+    evaluated, every metric of a run (``trainables.train``, "Sparsity paths")."""
+
+    targets: list[float] = Field(description="the sparsities of the points, strictly increasing, each in "
+                                             "(0, 1): the proximal families' `target_sparsity`, the pruners' "
+                                             "`final`, one per stage")
+    epochs: int | None = Field(None, description="epochs of each stage, from the previous point to the next "
+                                                 "target (default, filled in: `optim.epochs`)")
+    finetune_epochs: int = Field(0, description="epochs of fine-tuning after each stage, before its point is "
+                                                "measured: no prox, zeroed groups masked, constant `finetune_lr`")
+    finetune_lr: float | None = Field(None, description="the fine-tuning learning rate (default, filled in: "
+                                                        "`optim.lr`)")
+    continue_from: Literal["finetuned", "stage"] = Field(
+        "finetuned", description="where the next stage starts: the fine-tuned point (`finetuned`) or the "
+                                 "weights before fine-tuning (`stage`); docs/RESULTS.md measures both")
+
+    @model_validator(mode="after")
+    def _check(self) -> PathConfig:
+        if not self.targets:
+            raise FieldError("targets", "at least one target", self.targets)
+        for i, t in enumerate(self.targets):
+            _finite(t, f"targets[{i}]", 0, 1, lo_open=True, hi_open=True)
+            if i and t <= self.targets[i - 1]:
+                raise FieldError("targets", f"targets must be strictly increasing (targets[{i}] = {t} after "
+                                            f"{self.targets[i - 1]})", self.targets)
+        if self.epochs is not None and self.epochs < 1:
+            raise FieldError("epochs", "`epochs >= 1` must hold", self.epochs)
+        if self.finetune_epochs < 0:
+            raise FieldError("finetune_epochs", "`finetune_epochs >= 0` must hold", self.finetune_epochs)
+        if self.finetune_lr is not None:
+            _finite(self.finetune_lr, "finetune_lr", 0, lo_open=True)
+        return self
+
+    @property
+    def stage_epochs(self) -> int:
+        """Epochs per stage, fine-tuning included."""
+        return int(self.epochs) + self.finetune_epochs
+
+    def truncated(self, points: int) -> PathConfig:
+        """The path up to its point ``points - 1`` (what re-runs to exactly that point)."""
+        return self.model_copy(update={"targets": list(self.targets[:points])})
+
+
 class TrialConfig(_Strict):
     """Everything one training run depends on."""
 
@@ -241,6 +288,8 @@ class TrialConfig(_Strict):
     regularizer: RegularizerUnion = Field(default_factory=REGULARIZERS.default_factory,
                                           description="the structured-sparsity regularizer")
     tying: TyingConfig = Field(default_factory=TyingConfig, description="GrOWL's parameter tying")
+    path: PathConfig | None = Field(None, description="a sparsity path: one point per target from one run "
+                                                      "(`trainables.train`); none: one point")
 
     @field_validator("device")
     @classmethod
@@ -262,6 +311,8 @@ class TrialConfig(_Strict):
         if self.tying.enabled and self.tying.retrain_lr is None:
             tying = self.tying.model_copy(update={"retrain_lr": self.optim.lr})
             object.__setattr__(self, "tying", tying)
+        if self.path is not None:
+            self._link_path()
         if self.tying.enabled and self.regularizer.groups == "channel":
             raise FieldError("regularizer.groups", "parameter tying clusters the rows of one layer's "
                                                     "weight; use input, input_position or filter", "channel")
@@ -275,6 +326,42 @@ class TrialConfig(_Strict):
         if regularizer is not self.regularizer:
             object.__setattr__(self, "regularizer", regularizer)
         return self
+
+    def _link_path(self) -> None:
+        path, reg = self.path, self.regularizer
+        if self.optim.epochs == 0:
+            raise FieldError("optim.epochs", "optim.epochs: 0 evaluates the weights as given; a path trains "
+                                             "`path.epochs` per stage (leave optim.epochs >= 1 or drop path)", 0)
+        if not reg.sparsifying:
+            raise FieldError("path.targets", f"regularizer {reg.name!r} zeroes no groups, so it has no sparsity to "
+                                             "walk (use a proximal family with a target: l1, group_lasso, "
+                                             "exclusive_lasso, cges, growl; or a pruner: magnitude, "
+                                             "channel_magnitude)", path.targets)
+        if getattr(reg, "target_sparsity", None) is not None:
+            raise FieldError("regularizer.target_sparsity", "a path sets each stage's target (path.targets); "
+                                                            "leave target_sparsity out", reg.target_sparsity)
+        fill = {}
+        if path.epochs is None:
+            fill["epochs"] = self.optim.epochs
+        if path.finetune_lr is None:
+            fill["finetune_lr"] = self.optim.lr
+        if fill:
+            object.__setattr__(self, "path", path.model_copy(update=fill))
+
+    @property
+    def total_epochs(self) -> int:
+        """Every epoch the run trains: regularized, tying retraining, or a path's stages with their
+        fine-tuning."""
+        if self.path is not None:
+            return len(self.path.targets) * self.path.stage_epochs
+        return self.optim.epochs + (self.tying.retrain_epochs if self.tying.enabled else 0)
+
+    def at_point(self, point: int) -> TrialConfig:
+        """The config that re-runs this path to exactly its point ``point`` (from 0): the same
+        run with the path truncated after that target."""
+        if self.path is None or not 0 <= point < len(self.path.targets):
+            raise ValueError(f"no point {point} in this config's path")
+        return self.model_copy(update={"path": self.path.truncated(point + 1)})
 
     # -- construction -------------------------------------------------------------------------
 

@@ -76,10 +76,10 @@ _BISECT_STEPS = 40  # geometric bisection steps on the multiplier (ratio 2**-40 
 _BRACKET_STEPS = 80  # doublings / halvings to bracket the multiplier (2**80: any practical range)
 
 
-def scheduled_sparsity(progress: float, target: float) -> float:
-    """Zhu & Gupta's cubic from 0 at ``progress = 0`` to ``target`` at ``progress = 1``."""
+def scheduled_sparsity(progress: float, target: float, start: float = 0.0) -> float:
+    """Zhu & Gupta's cubic from ``start`` at ``progress = 0`` to ``target`` at ``progress = 1``."""
     p = min(max(progress, 0.0), 1.0)
-    return target * (1 - (1 - p) ** 3)
+    return start + (target - start) * (1 - (1 - p) ** 3)
 
 
 def strength_field(cfg: Any) -> str | None:
@@ -117,8 +117,8 @@ class TargetController:
     towards ``target`` (module docstring)."""
 
     def __init__(self, layers: list[LayerRegularizer], target: float, unit: str, *,
-                 total_steps: int, steps_per_epoch: int):
-        self.target, self.unit = float(target), unit
+                 total_steps: int, steps_per_epoch: int, start: float = 0.0):
+        self.target, self.unit, self.start = float(target), unit, float(start)
         self.total_steps, self.steps_per_epoch = max(total_steps, 1), max(steps_per_epoch, 1)
         self.layers = [_Layer(layer, unit) for layer in layers]
         self.scheduled = 0.0
@@ -127,7 +127,7 @@ class TargetController:
     # -- the step ---------------------------------------------------------------------------------
 
     def _count(self, p: float, n: int) -> int:
-        return min(max(n - 1, 0), math.floor(scheduled_sparsity(p, self.target) * n + 1e-9))
+        return min(max(n - 1, 0), math.floor(scheduled_sparsity(p, self.target, self.start) * n + 1e-9))
 
     @torch.no_grad()
     def apply(self, lr: float, step: int) -> None:
@@ -139,7 +139,7 @@ class TargetController:
         self.last_step = step
         rise = RISE ** (since / self.steps_per_epoch)
         ahead = p + self.steps_per_epoch / self.total_steps
-        self.scheduled = scheduled_sparsity(p, self.target)
+        self.scheduled = scheduled_sparsity(p, self.target, self.start)
         for t in self.layers:
             lo, hi = self._count(p, t.units), self._count(ahead if p < 1 else 1.0, t.units)
             G = t.group_matrix()
@@ -274,12 +274,20 @@ def _complete(G: torch.Tensor, count: int, t: _Layer) -> torch.Tensor:
     return G
 
 
-def build_target(cfg: Any, layers: list[LayerRegularizer], *, total_steps: int,
-                 steps_per_epoch: int) -> TargetController | None:
-    """The controller of a trial whose regularizer sets ``target_sparsity`` (else ``None``)."""
+def build_target(cfg: Any, layers: list[LayerRegularizer], *, total_steps: int, steps_per_epoch: int,
+                 stage: int = 0, previous: TargetController | None = None) -> TargetController | None:
+    """The controller of a trial whose regularizer sets ``target_sparsity`` (else ``None``); on a
+    sparsity path (``cfg.path``), the controller of stage ``stage``: from the previous target to
+    this one, starting from the ``previous`` stage's multipliers."""
     reg = cfg.regularizer
-    target = getattr(reg, "target_sparsity", None)
+    path = getattr(cfg, "path", None)
+    target = getattr(reg, "target_sparsity", None) if path is None else path.targets[stage]
     if target is None or not layers:
         return None
-    return TargetController(layers, target, getattr(reg, "target_unit", "groups"),
-                            total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    start = 0.0 if path is None or stage == 0 else path.targets[stage - 1]
+    controller = TargetController(layers, target, getattr(reg, "target_unit", "groups"),
+                                  total_steps=total_steps, steps_per_epoch=steps_per_epoch, start=start)
+    if previous is not None:  # the strength reached so far is where the next stage starts
+        for t, p in zip(controller.layers, previous.layers):
+            t.multiplier = p.multiplier
+    return controller

@@ -85,7 +85,10 @@ class EpochReport:
 
     metrics: dict[str, Any]
     state: Callable[[], dict[str, Any]]  # a resumable checkpoint, computed only when called
-    result: Result | None = None  # the finished run, on the last epoch only
+    # the finished run on the last epoch; on a sparsity path also each point's run at its epoch
+    # (its ``model`` is the live network: save it during the callback)
+    result: Result | None = None
+    final: bool = False  # the run's last epoch
 
 
 ReportFn = Callable[[EpochReport], None]
@@ -175,8 +178,8 @@ def _make_optimizer(cfg: TrialConfig, params, lr: float) -> torch.optim.Optimize
     return cfg.optim.optimizer.build(params, lr=lr, weight_decay=cfg.optim.weight_decay)
 
 
-def _make_scheduler(cfg: TrialConfig, opt: torch.optim.Optimizer):
-    return cfg.optim.schedule.build(opt, epochs=cfg.optim.epochs)
+def _make_scheduler(cfg: TrialConfig, opt: torch.optim.Optimizer, epochs: int | None = None):
+    return cfg.optim.schedule.build(opt, epochs=cfg.optim.epochs if epochs is None else epochs)
 
 
 class _Trainer:
@@ -204,15 +207,20 @@ class _Trainer:
                 warnings.warn(f"groups: filter: cannot trace {type(self.model).__name__} to find the norm "
                               f"layers after its filters ({type(e).__name__}: {e}); a zeroed filter's bias "
                               "and norm channel are not zeroed", stacklevel=2)
+        self.path = cfg.path  # a sparsity path: stages, each ending in a point
         self.optimizer = _make_optimizer(cfg, self.model.parameters(), cfg.optim.lr)
-        self.scheduler = _make_scheduler(cfg, self.optimizer)
+        self.scheduler = _make_scheduler(cfg, self.optimizer, self.path.epochs if self.path else None)
         self.masks: dict[str, torch.Tensor] = {}  # element masks of layers with dead groups
         self.dead: dict[str, torch.Tensor] = {}  # per layer: which groups are pruned for good
         self.ties: list[LayerTying] | None = None
         self.epoch = 0  # epochs completed, training and retraining phases counted together
         self.history: list[dict[str, Any]] = []
-        self.train_epochs = cfg.optim.epochs
-        self.total_epochs = self.train_epochs + (cfg.tying.retrain_epochs if cfg.tying.enabled else 0)
+        # regularized epochs (on a path: of each stage), and all of them
+        self.train_epochs = cfg.optim.epochs if self.path is None else self.path.epochs
+        self.total_epochs = cfg.total_epochs
+        self.begun: tuple[int, str] | None = None  # the path segment the trainer is set up for
+        self.snapshot: dict[str, Any] | None = None  # continue_from: stage, the weights before fine-tuning
+        self.points: list[dict[str, Any]] = []  # each measured point's scalar metrics
         self.uses_prox = cfg.regularizer.name != "none"
         first = self.layers[0].regularizer if self.layers else None
         self.pruner: Pruner | None = first if isinstance(first, Pruner) else None  # masks on a schedule
@@ -294,7 +302,7 @@ class _Trainer:
         for tying in self.ties or []:
             tie_(modules[tying.name], tying)
 
-    def _start_tying(self) -> None:
+    def _start_tying(self, lr: float | None = None) -> None:
         t = self.cfg.tying
         self.ties = find_ties([(l.name, l.module, l.grouping) for l in self.layers],
                               preference=t.preference, damping=t.damping,
@@ -302,21 +310,105 @@ class _Trainer:
                               convergence_iter=t.convergence_iter, retries=t.retries, fallback=t.fallback)
         self._tie()
         # retraining: same optimizer family, constant learning rate, no prox (GrOWL §4)
-        self.optimizer = _make_optimizer(self.cfg, self.model.parameters(), t.retrain_lr)
+        self.optimizer = _make_optimizer(self.cfg, self.model.parameters(), t.retrain_lr if lr is None else lr)
         self.scheduler = None
+
+    # -- sparsity paths ---------------------------------------------------------------------------
+
+    def _segment(self, epoch: int) -> tuple[int, str]:
+        """``(stage, phase)`` of epoch number ``epoch`` (from 0): ``train`` (regularized), then
+        ``retrain`` (tying) or, on a path, ``finetune``."""
+        if self.path is None:
+            return 0, "train" if epoch < self.train_epochs else "retrain"
+        stage, within = divmod(epoch, self.path.stage_epochs)
+        return stage, "train" if within < self.path.epochs else "finetune"
+
+    def _stage_start(self, stage: int) -> int:
+        return stage * self.path.stage_epochs if self.path is not None else 0
+
+    def _begin(self, stage: int, phase: str, fresh: bool = True) -> None:
+        """Set the trainer up for a path segment: a stage's regularized epochs (a fresh optimizer
+        and schedule, the target controller or the pruner's window from the previous target to this
+        one) or its fine-tuning (zeros masked, a fresh optimizer at ``finetune_lr``, tying). ``fresh``:
+        the segment starts now (else a checkpoint taken inside it is being loaded)."""
+        path, cfg = self.path, self.cfg
+        if phase == "train":
+            if fresh and stage > 0:  # after a point: where the next stage continues from
+                if self.snapshot is not None:
+                    self._restore(self.snapshot)
+                    self.snapshot = None
+                self.ties = None
+            self.optimizer = _make_optimizer(cfg, self.model.parameters(), cfg.optim.lr)
+            self.scheduler = _make_scheduler(cfg, self.optimizer, path.epochs)
+            if self.pruner is not None:  # Zhu & Gupta's window over this stage, from the last target
+                for layer in self.layers:
+                    reg = layer.regularizer
+                    reg.initial = path.targets[stage - 1] if stage else 0.0
+                    reg.final, reg.start_epoch, reg.end_epoch = path.targets[stage], 0, path.epochs
+            elif self.uses_prox:
+                self.target = build_target(cfg, self.layers, total_steps=path.epochs * self.steps_per_epoch,
+                                           steps_per_epoch=self.steps_per_epoch, stage=stage,
+                                           previous=self.target if fresh else None)
+        else:
+            if fresh:
+                self._fix_masks()
+                if path.continue_from == "stage":
+                    self.snapshot = self._snapshot()
+            if cfg.tying.enabled and fresh:
+                self._start_tying(lr=path.finetune_lr)
+            else:
+                self.optimizer = _make_optimizer(cfg, self.model.parameters(), path.finetune_lr)
+                self.scheduler = None
+        self.begun = (stage, phase)
+
+    @torch.no_grad()
+    def _fix_masks(self) -> None:
+        """Before fine-tuning: every zero of a regularized layer stays zero (a pruner's masks already do)."""
+        if self.pruner is not None:
+            return
+        self._update_masks()  # whole dead groups (channel groups: every parameter of the channel)
+        for layer in self.layers:
+            if not isinstance(layer, ChannelLayerRegularizer):
+                W = layer.module.weight
+                self.masks[layer.name] = W.ne(0).to(W.dtype).contiguous()
+        self._apply_masks()
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "masks": {k: v.clone() for k, v in self.masks.items()}}
+
+    @torch.no_grad()
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        self.model.load_state_dict(snapshot["model"])
+        self.masks = {k: v.to(self.device) for k, v in snapshot["masks"].items()}
+        self.dead = {}  # found again from the zeros by the next _update_masks
+
+    def _point(self, stage: int, last_epoch: dict[str, Any]) -> Result:
+        """Measure the path's point ``stage``: a run's whole result, with the config that re-runs
+        to exactly this point (the path truncated after it)."""
+        final, small = self._finalize()
+        metrics = {**last_epoch, **final, "regularizer": self.cfg.regularizer.name, "point": stage,
+                   "target": self.path.targets[stage]}
+        summary = {k: v for k, v in metrics.items()
+                   if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        self.points[stage:] = [summary]  # measured again after a resume at the last epoch
+        metrics["points"] = [dict(p) for p in self.points]
+        return Result(self.cfg.at_point(stage), metrics, list(self.history), self.model, small, self.data.spec,
+                      list(self.ties or []), self.data.preprocessing)
 
     # -- one epoch ------------------------------------------------------------------------------
 
     def _train_epoch(self) -> dict[str, float]:
         cfg = self.cfg
-        retrain = self.epoch >= self.train_epochs
+        stage, phase = self._segment(self.epoch)
+        retrain = phase != "train"
         prox_step = self.uses_prox and not retrain and cfg.regularizer.prox_every == "step"
-        tie_step = retrain and cfg.tying.every == "step"
+        tie_step = retrain and self.ties is not None and cfg.tying.every == "step"
         lr = self.optimizer.param_groups[0]["lr"]
         self.model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        step = self.epoch * self.steps_per_epoch  # steps so far
+        step = (self.epoch - self._stage_start(stage)) * self.steps_per_epoch  # steps so far (in this stage)
         for xb, yb in batches(self.data.train, cfg.optim.batch_size, shuffle=True,
                               generator=self.generator, augment=self.data.augment):
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
@@ -335,7 +427,7 @@ class _Trainer:
         if self.uses_prox and not retrain and cfg.regularizer.prox_every == "epoch":
             self._prox(lr, step - 1)
             self._apply_masks()
-        if retrain and cfg.tying.every == "epoch":
+        if retrain and self.ties is not None and cfg.tying.every == "epoch":
             self._tie()
         if self.scheduler is not None and not retrain:
             self.scheduler.step()
@@ -363,8 +455,10 @@ class _Trainer:
         return self.scaler.get_scale() >= scale
 
     def _epoch_metrics(self, train: dict[str, float], seconds: float) -> dict[str, Any]:
-        m: dict[str, Any] = {"epoch": self.epoch,
-                             "phase": "train" if self.epoch <= self.train_epochs else "retrain", **train}
+        stage, phase = self._segment(self.epoch - 1)
+        m: dict[str, Any] = {"epoch": self.epoch, "phase": phase, **train}
+        if self.path is not None:
+            m["stage"] = stage
         if len(self.data.val):
             val = evaluate(self.model, self.data.val)
             m["val_loss"], m["val_accuracy"] = val["loss"], val["accuracy"]
@@ -376,7 +470,7 @@ class _Trainer:
         total = sum(p.numel() for p in params)
         m["weights_nonzero"], m["weights_sparsity"] = nonzero, 1 - nonzero / total
         m["flops_estimate"], m["params_estimate"] = self._flops_estimate(), self._params_estimate(total)
-        if self.target is not None and self.epoch <= self.train_epochs:
+        if self.target is not None and phase == "train":
             m.update(self.target.epoch_metrics())
         m["epoch_time_s"] = seconds
         return m
@@ -471,6 +565,7 @@ class _Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
             "history": [dict(h) for h in self.history],
             **({"target": self.target.state()} if self.target is not None else {}),
+            **({"snapshot": self.snapshot, "points": [dict(p) for p in self.points]} if self.path is not None else {}),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -479,10 +574,16 @@ class _Trainer:
         if state["config"] != self.cfg.to_dict():
             raise ValueError("the checkpoint was written by a run with a different config")
         self.model.load_state_dict(state["model"])
+        epoch = int(state["epoch"])
         if state["ties"] is not None:
             self.ties = [LayerTying.from_state(t) for t in state["ties"]]
-            self.optimizer = _make_optimizer(self.cfg, self.model.parameters(), self.cfg.tying.retrain_lr)
-            self.scheduler = None
+            if self.path is None:
+                self.optimizer = _make_optimizer(self.cfg, self.model.parameters(), self.cfg.tying.retrain_lr)
+                self.scheduler = None
+        if self.path is not None and epoch > 0:  # set up as in the segment the checkpoint was taken in
+            self._begin(*self._segment(epoch - 1), fresh=False)
+            self.snapshot = state.get("snapshot")
+            self.points = [dict(p) for p in state.get("points", [])]
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
@@ -494,7 +595,7 @@ class _Trainer:
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        self.epoch = int(state["epoch"])
+        self.epoch = epoch
         self.history = list(state["history"])
         if self.target is not None:
             self.target.load_state(state.get("target"))
@@ -506,24 +607,31 @@ class _Trainer:
             # resumed from the last epoch's checkpoint: finish, and report that epoch again
             result = self._result(self.history[-1])
             if report is not None:
-                report(EpochReport({**self.history[-1], **result.metrics}, self.state, result))
+                report(EpochReport({**self.history[-1], **result.metrics}, self.state, result, final=True))
             return result
         if self.total_epochs == 0:  # optim.epochs 0: the network as given, measured like a trained one
             return self._evaluate_only(report)
         result = None
         while self.epoch < self.total_epochs:
-            if self.epoch == self.train_epochs and self.cfg.tying.enabled and self.ties is None:
+            segment = self._segment(self.epoch)
+            if self.path is not None and segment != self.begun:
+                self._begin(*segment)
+            elif self.path is None and segment[1] == "retrain" and self.cfg.tying.enabled and self.ties is None:
                 self._start_tying()
             start = time.perf_counter()
             train = self._train_epoch()
             self.epoch += 1
             metrics = self._epoch_metrics(train, time.perf_counter() - start)
             self.history.append(metrics)
-            if self.epoch == self.total_epochs:
+            result = None
+            if self.path is not None and self.epoch % self.path.stage_epochs == 0:  # a point
+                result = self._point(segment[0], metrics)
+            elif self.epoch == self.total_epochs:
                 result = self._result(metrics)
+            if result is not None:
                 metrics = {**metrics, **result.metrics}
             if report is not None:
-                report(EpochReport(metrics, self.state, result))
+                report(EpochReport(metrics, self.state, result, final=self.epoch == self.total_epochs))
         return result
 
     def _evaluate_only(self, report: ReportFn | None) -> Result:
@@ -538,10 +646,12 @@ class _Trainer:
         self.history.append(metrics)
         result = self._result(metrics)
         if report is not None:
-            report(EpochReport({**metrics, **result.metrics}, self.state, result))
+            report(EpochReport({**metrics, **result.metrics}, self.state, result, final=True))
         return result
 
     def _result(self, last_epoch: dict[str, Any]) -> Result:
+        if self.path is not None:  # the last point
+            return self._point(len(self.path.targets) - 1, last_epoch)
         final, small = self._finalize()
         metrics = {**last_epoch, **final, "regularizer": self.cfg.regularizer.name}
         return Result(self.cfg, metrics, self.history, self.model, small, self.data.spec, self.ties or [],
