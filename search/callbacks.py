@@ -173,6 +173,29 @@ class TrackingCallback(tune.Callback):
             self._epochs[trial.trial_id] = cfg.total_epochs
         return self._epochs[trial.trial_id]
 
+    def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
+        """A path trial's point (a checkpoint holding its saved run, at a report with ``point``):
+        recorded at once as a frontier candidate (``Tracker.point``). The last one is recorded
+        with the trial's end (``_settle``)."""
+        result = trial.last_result or {}
+        if result.get("point") is None or result.get("final") == 1.0:
+            return
+        from trainables.schema import RESULT_FILE
+
+        with checkpoint.as_directory() as d:
+            if not (Path(d) / RESULT_FILE).exists():
+                return
+            import json
+
+            metrics = {k: v for k, v in json.loads((Path(d) / RESULT_FILE).read_text()).items()
+                       if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+            frontier = self.tracker.point(self._run(trial), trial.trial_id, metrics, Path(d))
+        if frontier is not None:
+            self.frontier = frontier
+            self._say(f"  point  {trial_label(trial)}  p{int(result['point'])} target {result['target']:g}: "
+                      f"{summary(result)}  | frontier {int(frontier.mask.sum())} points, "
+                      f"hypervolume {frontier.hypervolume:.4f}")
+
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._settle(trial)
 

@@ -199,9 +199,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     for rank, row in enumerate(chosen):
         # the trial's own config.yaml, byte for byte: TrialConfig.to_dict() of exactly what it ran
         local = reader.download(row["run_id"], CONFIG_FILE, out / f".dl{rank}")
-        name = f"rank{rank}_{row['regularizer']}_{row['trial_id']}.yaml"
+        # a path point's config.yaml is its path truncated after that point: it re-runs to exactly it
+        candidate = row.get("candidate", row["trial_id"])
+        name = f"rank{rank}_{row['regularizer']}_{candidate.replace('/', '_')}.yaml"
         header = (f"# exported from MLflow run {row['run_id']} (search {parent.run_name}, trial "
-                  f"{row['trial_id']})\n# " + ", ".join(f"{o.metric}={row.get(o.metric)}" for o in frontier.objectives)
+                  f"{candidate})\n# " + ", ".join(f"{o.metric}={row.get(o.metric)}" for o in frontier.objectives)
                   + f", test_accuracy={row.get('test_accuracy')}\n")
         (out / name).write_text(header + Path(local).read_text())
         Path(local).unlink()
@@ -232,7 +234,8 @@ def _print_table(frontier, rows: list[dict], title: str, pareto_column: bool = F
     from rich.table import Table
 
     metrics = [o.metric for o in frontier.objectives]
-    cols = ["trial_id", "regularizer", *(["pareto"] if pareto_column else []), *metrics,
+    cols = ["trial_id", *(["point"] if any("point" in r for r in rows) else []), "regularizer",
+            *(["pareto"] if pareto_column else []), *metrics,
             *[c for c in ("test_accuracy", "sparsity") if c not in metrics]]
     table = Table(title=title)
     for c in cols:

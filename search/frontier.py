@@ -141,7 +141,8 @@ class Frontier:
         rows = self.rows + self.others
         keys = sorted({k for r in rows for k in r if k.startswith("param:")})
         params = [k for k in keys if len({str(r.get(k)) for r in rows}) > 1]  # what the search varied
-        return ["trial_id", "regularizer", "state", "pareto", *metrics,
+        path = ["point", "target"] if any("point" in r for r in rows) else []
+        return ["trial_id", *path, "regularizer", "state", "pareto", *metrics,
                 *[e for e in extra if e not in metrics], "run_id", "cause", *params]
 
     def to_csv(self, only_pareto: bool = False) -> str:
@@ -155,6 +156,11 @@ class Frontier:
         writer.writeheader()
         writer.writerows(rows)
         return buf.getvalue()
+
+
+def _key(row: dict) -> str:
+    """A row's candidate id (``search.store.candidate_of``): the trial's id, or ``<trial>/p<k>``."""
+    return row.get("candidate", row["trial_id"])
 
 
 def finite(value: Any) -> bool:
@@ -192,7 +198,7 @@ class LiveFrontier:
         self._ids: list[str] = []  # trial ids, sorted
         self._rows: list[dict] = []  # aligned with _ids
         self._mask = np.zeros(0, bool)  # aligned with _ids; replaced, never changed once handed out
-        for row in sorted(rows, key=lambda r: r["trial_id"]):
+        for row in sorted(rows, key=_key):
             self.add(row)
 
     def __len__(self) -> int:
@@ -201,7 +207,7 @@ class LiveFrontier:
     def add(self, row: dict) -> list[str]:
         """Add (or replace) one complete trial's row; the trial ids whose membership may have
         changed: the new trial and those it evicted (every trial after a replacement)."""
-        tid = row["trial_id"]
+        tid = _key(row)
         at = bisect_left(self._ids, tid)
         if at < len(self._ids) and self._ids[at] == tid:
             self._rebuild([*self._rows[:at], row, *self._rows[at + 1:]])

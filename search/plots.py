@@ -64,7 +64,7 @@ def frontier_figure(frontier: Frontier, x: str, y: str, extra: list[dict] | None
         for row, px, py in zip(np.array(frontier.rows, dtype=object)[frontier.mask], xs[frontier.mask],
                                ys[frontier.mask]):
             if row.get("trial_id"):
-                ax.annotate(row["trial_id"], (px, py), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                ax.annotate(row.get("candidate", row["trial_id"]), (px, py), textcoords="offset points", xytext=(4, -10), fontsize=7,
                             color="dimgray")
     if len(xs):
         mask2 = pareto.nondominated_mask(np.column_stack([xs, ys]), ["min", "max"])
@@ -100,7 +100,7 @@ def frontier_figures(frontier: Frontier, extra: list[dict] | None = None, title:
 
 
 def _hover(row: dict, frontier: Frontier, params: list[str]) -> str:
-    lines = [f"<b>trial {row.get('trial_id', '')}</b> ({row['regularizer']})"
+    lines = [f"<b>trial {row.get('candidate', row.get('trial_id', ''))}</b> ({row['regularizer']})"
              + (" — Pareto-optimal" if row.get("pareto") else "")]
     for o in frontier.objectives:
         v = row.get(o.metric)

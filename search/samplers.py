@@ -7,12 +7,15 @@ make the study single-objective (ecosystem.md §1.2).
 
 from __future__ import annotations
 
+import json
+
 import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from . import _compat, faults
-from .frontier import finite
+from . import _compat, faults, pareto
+from .frontier import finite, objective_matrix
+from .trainable import POINTS_KEY
 from .space import SpaceDefinition
 from .spec import SearchSpec
 
@@ -34,9 +37,10 @@ class FullBudgetOptunaSearch(OptunaSearch):
     count toward ``total`` (the search's trial count), so the study ends with ``total`` trials,
     each told once."""
 
-    def __init__(self, *args, total: int | None = None, **kwargs):
+    def __init__(self, *args, total: int | None = None, objectives: list | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.total = total
+        self.objectives = objectives  # with their hypervolume references: a path trial's told point
         self._reusable: list[int] = []  # storage ids of asked, unfinished trials that Ray never recorded
         self.adopted: list[optuna.trial.FrozenTrial] = []  # finished trials that Ray never recorded
 
@@ -78,6 +82,8 @@ class FullBudgetOptunaSearch(OptunaSearch):
         if not error and result and not result.get("trial_failed"):
             if result.get("final") == 1.0:
                 values = [result.get(m) for m in self.metric]
+                if result.get(POINTS_KEY) and self.objectives:
+                    values = self._best_point(json.loads(result[POINTS_KEY])) or values
                 if all(finite(v) for v in values):
                     state = optuna.trial.TrialState.COMPLETE
                 else:
@@ -86,6 +92,20 @@ class FullBudgetOptunaSearch(OptunaSearch):
                 state = optuna.trial.TrialState.PRUNED
         _compat.tell_once(self, trial_id, values, state)
         faults.point("told")
+
+
+    def _best_point(self, points: list[dict]) -> list | None:
+        """A path trial is told the objective values of its point with the largest hypervolume of
+        its own (the volume it alone dominates, normalised as the search's frontier is): one trial,
+        one told point, as Optuna's samplers expect (docs/RESULTS.md says what is measured of it)."""
+        rows = [p for p in points if all(finite(p.get(m)) for m in self.metric)]
+        if not rows:
+            return None
+        values, reference = objective_matrix(rows, self.objectives)
+        modes = [o.mode for o in self.objectives]
+        own = [pareto.hypervolume(values[i:i + 1], modes, reference) for i in range(len(rows))]
+        best = rows[max(range(len(rows)), key=lambda i: (own[i], -i))]
+        return [best[m] for m in self.metric]
 
 
 def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
@@ -112,7 +132,8 @@ def make_searcher(spec: SearchSpec, optuna_url: str, study_name: str) -> FullBud
     storage = optuna.storages.RDBStorage(optuna_url)
     searcher = FullBudgetOptunaSearch(space=SpaceDefinition(spec), metric=spec.objective_names(),
                                       mode=spec.objective_modes(), sampler=make_sampler(spec),
-                                      storage=storage, study_name=study_name, total=spec.trials)
+                                      storage=storage, study_name=study_name, total=spec.trials,
+                                      objectives=list(spec.objectives))
     with warnings.catch_warnings():  # experimental in Optuna 5; optuna-dashboard shows these names
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         _compat.study_of(searcher).set_metric_names(spec.objective_names())

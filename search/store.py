@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 __all__ = ["RunRecord", "ClientReader", "SqliteReader", "NotAStore", "open_store", "load_frontier",
-           "failure_summary", "row_of", "TAG"]
+           "failure_summary", "row_of", "candidate_of", "TAG"]
 
 TAG = "sparsetune"
 
@@ -93,6 +93,17 @@ class ClientReader:
         runs, token = [], None
         while True:
             page = self.client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'",
+                                           max_results=1000, page_token=token)
+            runs.extend(RunRecord.of(r) for r in page)
+            token = page.token
+            if not token:
+                return runs
+
+    def points(self, experiment_id: str, parent_id: str) -> list[RunRecord]:
+        """The point runs of a search's path trials (each nested under its trial's run)."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([experiment_id], f"tags.`{TAG}.search_parent` = '{parent_id}'",
                                            max_results=1000, page_token=token)
             runs.extend(RunRecord.of(r) for r in page)
             token = page.token
@@ -194,6 +205,10 @@ class SqliteReader:
         return self._runs("experiment_id = ? AND run_uuid IN (SELECT run_uuid FROM tags WHERE "
                           "key = 'mlflow.parentRunId' AND value = ?)", (experiment_id, parent_id))
 
+    def points(self, experiment_id: str, parent_id: str) -> list[RunRecord]:
+        return self._runs(f"experiment_id = ? AND run_uuid IN (SELECT run_uuid FROM tags WHERE "
+                          f"key = '{TAG}.search_parent' AND value = ?)", (experiment_id, parent_id))
+
     def download(self, run_id: str, path: str, dst: Path) -> Path:
         """A local artifact store is copied from; any other (``s3://``, ``mlflow-artifacts:``)
         goes through the MLflow client."""
@@ -221,10 +236,20 @@ def open_store(uri: str) -> SqliteReader | ClientReader:
     return ClientReader(uri)
 
 
+def candidate_of(trial_id: str, point: Any = None) -> str:
+    """A frontier candidate's id: the trial's, or ``<trial>/p<k>`` for point ``k`` of a path trial."""
+    return trial_id if point is None or point == "" else f"{trial_id}/p{int(float(point)):03d}"
+
+
 def row_of(run: RunRecord) -> dict:
-    """A trial's row: ids, family, its metrics, and its params as ``param:<path>``."""
-    row = {"run_id": run.run_id, "trial_id": run.tags.get(f"{TAG}.trial_id", ""),
+    """A candidate's row: ids (``candidate``: the trial, or one point of a path trial), family, its
+    metrics, and its params as ``param:<path>``."""
+    trial_id, point = run.tags.get(f"{TAG}.trial_id", ""), run.tags.get(f"{TAG}.point")
+    row = {"run_id": run.run_id, "trial_id": trial_id, "candidate": candidate_of(trial_id, point),
            "regularizer": run.tags.get(f"{TAG}.regularizer", ""), **run.metrics}
+    if point is None:  # a trial's own run: its last report may carry a path's point metrics
+        row.pop("point", None)
+        row.pop("target", None)
     row.update({f"param:{k}": v for k, v in run.params.items()})
     return row
 
@@ -234,14 +259,15 @@ def load_frontier(reader: SqliteReader | ClientReader, experiment_id: str, paren
     """The frontier over a search's complete (finished, full-budget) trials; the pruned, stopped
     and failed trials come along in ``others`` (with their ``state`` and ``cause``)."""
     rows, others = [], []
-    for r in reader.children(experiment_id, parent_id):
+    for r in [*reader.children(experiment_id, parent_id), *reader.points(experiment_id, parent_id)]:
         state = r.tags.get(f"{TAG}.state", "running")
         if r.status == "FINISHED" and state == "complete":
-            rows.append(row_of(r))
+            if r.tags.get(f"{TAG}.path") != "true":  # a path trial's candidates are its points
+                rows.append(row_of(r))
         else:
             others.append({**row_of(r), "state": state, "cause": r.tags.get(f"{TAG}.cause", "")})
-    rows.sort(key=lambda r: r["trial_id"])
-    others.sort(key=lambda r: (r["state"], r["trial_id"]))
+    rows.sort(key=lambda r: r["candidate"])
+    others.sort(key=lambda r: (r["state"], r["candidate"]))
     return Frontier.of(rows, objectives, others)
 
 

@@ -19,6 +19,7 @@ search reuses its parent run and its trials' child runs, never duplicating them.
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
@@ -28,12 +29,12 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from trainables.schema import ARTIFACTS
+from trainables.schema import ARTIFACTS, RESULT_FILE
 
 from . import faults
 from .frontier import CHANCE_CAUSES, Frontier, LiveFrontier, Objective, better, objective_matrix, objectives_to_json
 from .locations import run_url, runs_url
-from .store import TAG, ClientReader, RunRecord, failure_summary, load_frontier, row_of
+from .store import TAG, ClientReader, RunRecord, candidate_of, failure_summary, load_frontier, row_of
 
 __all__ = ["Tracker", "Frontier", "objective_matrix", "ARTIFACTS", "failure_summary"]
 
@@ -95,6 +96,7 @@ class Tracker:
         self._experiment_id: str | None = None
         self._parent_id: str | None = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
+        self._configs: dict[str, dict] = {}  # trial_id -> the config it runs (its path points' source)
         self._rows: dict[str, dict] | None = None  # trial_id -> row of complete trials
         self._pareto: dict[str, bool] = {}  # trial_id -> its sparsetune.pareto tag as written
         self._live: LiveFrontier | None = None  # the frontier of _rows, kept up to date
@@ -181,6 +183,7 @@ class Tracker:
 
     def run_for(self, trial_id: str, trial_name: str, regularizer: str, config: dict) -> str:
         """The child run of a trial: found by tags (after a restore) or created with its params."""
+        self._configs[trial_id] = config
         if trial_id in self._runs:
             return self._runs[trial_id]
         parent = self.parent_id
@@ -212,10 +215,6 @@ class Tracker:
 
     def _backfill(self, run_id: str, artifacts: Path) -> None:
         """Write the epochs of ``result.json``'s history that the run does not hold (see ``complete``)."""
-        import json
-
-        from trainables.schema import RESULT_FILE
-
         if not (artifacts / RESULT_FILE).exists():
             return
         history = json.loads((artifacts / RESULT_FILE).read_text()).get("history", [])
@@ -285,19 +284,75 @@ class Tracker:
                 if (artifacts / name).exists():
                     self.client.log_artifact(run_id, str(artifacts / name))
         faults.point("artifacts")
+        points = None
+        if artifacts is not None and (artifacts / RESULT_FILE).exists():
+            points = json.loads((artifacts / RESULT_FILE).read_text()).get("points")
+        if points:  # a path trial: its points are the candidates, not its own run
+            self.client.set_tag(run_id, f"{TAG}.path", "true")
         self.client.set_tag(run_id, f"{TAG}.state", "complete")
         self.client.set_terminated(run_id, "FINISHED")
-        row = row_of(RunRecord.of(self.client.get_run(run_id)))
-        live = self._live_frontier()  # a first load already reads this trial back from the store
-        if self._rows.get(trial_id) != row:
-            self._rows[trial_id] = row
-            self._dirty.update(live.add(row))
+        if points:  # those not recorded as they came (a driver that was down), from the trial's summary
+            for p in points:
+                self.point(run_id, trial_id, p, artifacts if p is points[-1] else None, update=False)
+        else:
+            row = row_of(RunRecord.of(self.client.get_run(run_id)))
+            live = self._live_frontier()  # a first load already reads this trial back from the store
+            if self._rows.get(trial_id) != row:
+                self._rows[trial_id] = row
+                self._dirty.update(live.add(row))
         frontier = self._update_frontier()
         if time.monotonic() - self._published >= self.live_s:
             # a watcher sees the frontier so far (complete trials; the others join at the end)
             self._publish(frontier, f"running (refreshed {time.strftime('%H:%M:%S')}, at most every "
                                     f"{self.live_s:g} s)")
         return frontier
+
+    def point(self, trial_run: str, trial_id: str, metrics: dict, artifacts: Path | None,
+              update: bool = True) -> Frontier | None:
+        """One point of a path trial: a run nested under the trial's (tags ``point``, ``target``,
+        ``search_parent``), complete, with the point's metrics, config and artifacts (``artifacts``:
+        the point's saved run; None: a point whose checkpoint is gone, recorded from the trial's
+        summary of its points), and a frontier candidate. Recorded once (a repeat is ignored)."""
+        key = candidate_of(trial_id, metrics["point"])
+        self._complete_rows()
+        if key in self._rows:
+            return self._update_frontier() if update else None
+        parent = self.parent_id
+        found = self.client.search_runs(
+            [self._experiment_id], f"tags.`{TAG}.search_parent` = '{parent}' and tags.`{TAG}.trial_id` = "
+                                   f"'{trial_id}' and tags.`{TAG}.point` = '{int(metrics['point'])}'", max_results=1)
+        if found:
+            rid = found[0].info.run_id
+        else:
+            trial = self.client.get_run(trial_run)
+            tags = {"mlflow.parentRunId": trial_run, f"{TAG}.search_parent": parent,
+                    f"{TAG}.search_id": self.search_id, f"{TAG}.trial_id": trial_id,
+                    f"{TAG}.point": str(int(metrics["point"])), f"{TAG}.target": f"{metrics['target']:g}",
+                    f"{TAG}.regularizer": trial.data.tags.get(f"{TAG}.regularizer", ""), f"{TAG}.state": "running"}
+            rid = self.client.create_run(self._experiment_id, run_name=f"{trial.info.run_name}/p{int(metrics['point'])}",
+                                         tags=tags).info.run_id
+            from trainables.config import TrialConfig, flatten
+
+            # the point's config: the trial's, its path truncated after this point
+            cfg = TrialConfig.from_dict(self._configs[trial_id])
+            full = cfg.at_point(int(metrics["point"])).to_dict()
+            params = [Param(k, str(v)[:6000]) for k, v in flatten(full).items()]
+            ts = _now_ms()
+            values = [Metric(k, float(v), ts, int(metrics.get("epoch", 0))) for k, v in metrics.items() if _numeric(v)]
+            for i in range(0, max(len(params), len(values)), 100):
+                self.client.log_batch(rid, params=params[i:i + 100], metrics=values[i:i + 100])
+            if artifacts is not None:
+                for name in ARTIFACTS:
+                    if (artifacts / name).exists():
+                        self.client.log_artifact(rid, str(artifacts / name))
+            else:
+                self.client.set_tag(rid, f"{TAG}.artifacts", "missing: recorded from the trial's summary of its points")
+            self.client.set_tag(rid, f"{TAG}.state", "complete")
+            self.client.set_terminated(rid, "FINISHED")
+        row = row_of(RunRecord.of(self.client.get_run(rid)))
+        self._rows[key] = row
+        self._dirty.update(self._live_frontier().add(row))
+        return self._update_frontier() if update else None
 
     def pruned(self, run_id: str, epoch: int) -> None:
         """Stopped early by the scheduler: kept, but never on the frontier (Optuna: PRUNED)."""
@@ -332,7 +387,7 @@ class Tracker:
     def _complete_rows(self) -> dict[str, dict]:
         if self._rows is None:
             frontier = load_frontier(self.reader, self.experiment_id, self.parent_id, self.objectives)
-            self._rows = {r["trial_id"]: r for r in frontier.rows}
+            self._rows = {r["candidate"]: r for r in frontier.rows}
             self._pareto = {}  # unknown: the next update writes every complete trial's tag
             self._live = None
         return self._rows
@@ -385,10 +440,6 @@ class Tracker:
         self._found.add(run_id)
         if state == "complete":
             if checkpoint is not None:  # its epochs (what MLflow lacks of them: complete's backfill), then the result
-                import json
-
-                from trainables.schema import RESULT_FILE
-
                 payload = json.loads((checkpoint / RESULT_FILE).read_text())
                 history = payload.pop("history", [])
                 self.log_result(run_id, {**(history[-1] if history else {}), **payload, "final": 1.0})

@@ -24,9 +24,10 @@ from trainables.config import TrialConfig
 
 from .spec import SearchSpec
 
-__all__ = ["EPOCH_FILE", "STATE_FILE", "make_trainable", "newest_state", "train_trial"]
+__all__ = ["EPOCH_FILE", "POINTS_KEY", "STATE_FILE", "make_trainable", "newest_state", "train_trial"]
 
 STATE_FILE = "state.pt"
+POINTS_KEY = "points_json"  # a path trial's last report: its points' metrics, as JSON
 EPOCH_FILE = "epoch.json"  # {"epoch": k}: which of a trial's checkpoints is newest, without loading them
 
 
@@ -52,7 +53,9 @@ def train_trial(config: dict[str, Any], checkpoint_every_s: float = 0.0, import_
         nonlocal last_checkpoint
         metrics = {k: v for k, v in epoch.metrics.items()
                    if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
-        metrics["final"] = 1.0 if epoch.result is not None else 0.0
+        metrics["final"] = 1.0 if epoch.final else 0.0
+        if epoch.final and epoch.metrics.get("points"):  # a path: what the searcher is told about (samplers.py)
+            metrics[POINTS_KEY] = json.dumps(epoch.metrics["points"])
         if epoch.result is None and time.monotonic() - last_checkpoint < checkpoint_every_s:
             tune.report(metrics)
             return
@@ -60,7 +63,7 @@ def train_trial(config: dict[str, Any], checkpoint_every_s: float = 0.0, import_
         with tempfile.TemporaryDirectory() as d:
             torch.save(epoch.state(), Path(d) / STATE_FILE)
             (Path(d) / EPOCH_FILE).write_text(json.dumps({"epoch": int(epoch.metrics.get("epoch", 0))}))
-            if epoch.result is not None:
+            if epoch.result is not None:  # the finished run, or a path's point (the driver records it)
                 save_run(epoch.result, d)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
