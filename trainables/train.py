@@ -21,6 +21,17 @@ runs in float32. Networks with convolutions use the ``channels_last`` memory for
 ``fit(..., threads=N)`` runs with N torch threads (``torch.set_num_threads``) and restores the
 previous count afterwards.
 
+Sparsity paths (``cfg.path``): the run is ``len(path.targets)`` stages of ``path.epochs``
+regularized epochs and ``path.finetune_epochs`` of fine-tuning. Stage ``k`` starts with a fresh
+optimizer and schedule; a proximal family's target controller goes from target ``k-1`` to
+target ``k`` (cubic, its per-layer strengths carried over), a pruner's window from ``initial =
+target k-1`` to ``final = target k`` over the stage. Fine-tuning masks every zero of the
+regularized layers, runs without the prox at ``path.finetune_lr`` (tying, if on, starts here);
+then the point is measured as a finished run (``Result`` with ``point``, ``target``, its config
+``cfg.at_point(k)``). With ``continue_from: stage`` the next stage starts from the weights
+before fine-tuning (kept in the checkpoint), else from the fine-tuned point. Points never depend
+on the targets after them, so ``fit(cfg.at_point(k))`` re-runs to exactly point ``k``.
+
 ``report(epoch)`` is called after every epoch with an :class:`EpochReport`: its ``metrics``,
 ``state()`` (everything needed to resume with ``fit(cfg, resume=state)``, as plain tensors and
 Python values, loadable with ``torch.load(weights_only=True)``) and, on the last epoch only,
