@@ -250,3 +250,35 @@ def test_target_on_channel_groups_of_a_conv_bn_net(name, tmp_path):
             torch.testing.assert_close(small(x), result.model.eval()(x), rtol=1e-4, atol=1e-5)
     finally:
         del sys.modules["conv_bn_seq"]
+
+
+
+def test_masked_groups_count_as_zeros_for_the_target_with_momentum():
+    """With mask_pruned and momentum, the optimizer step moves masked groups off zero before the
+    prox. The controller must count them as the zeros they are about to be again: counted live,
+    they push its zero count past the band, it lowers the strength to keep them, and the masks then
+    zero them anyway, so the strength falls for nothing (on MNIST-10k this fed on itself into
+    overshoots, then a layer with every group zero: docs/RESULTS.md §10)."""
+    import torch
+
+    from trainables import TrialConfig
+    from trainables.train import _Trainer
+
+    cfg = TrialConfig.from_dict({
+        "device": "cpu", "model": {"name": "mlp", "hidden": [32]},
+        "optim": {"name": "momentum", "momentum": 0.9, "lr": 0.05, "epochs": 4},
+        "regularizer": {"name": "group_lasso", "lam": 0.5, "groups": "input", "layers": [0],
+                        "mask_pruned": True, "target_sparsity": 0.9}})
+    trainer = _Trainer(cfg)
+    layer = trainer.layers[0]
+    W = layer.module.weight  # [32, 64]: groups are the 64 input columns
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[:40] = True
+    trainer.dead[layer.name] = dead
+    trainer.masks[layer.name] = (~dead).to(W.dtype).expand_as(W).contiguous()
+    with torch.no_grad():
+        W[:, :40] = 1e-3  # what a momentum step leaves in masked groups
+    before = trainer.target.layers[0].multiplier
+    trainer._prox(0.05, step=0)
+    assert int((W.abs().sum(0) == 0).sum()) == 40
+    assert trainer.target.layers[0].multiplier == before  # not lowered to spare groups that are dead

@@ -67,6 +67,7 @@ from typing import Any
 
 import torch
 
+from .prox import ZERO_ROW_NORM
 from .regularizers import LayerRegularizer
 
 __all__ = ["TargetController", "build_target", "scheduled_sparsity", "strength_field"]
@@ -147,6 +148,9 @@ class TargetController:
 
             def zeros_at(m: float) -> tuple[int, torch.Tensor]:
                 out = prox(G, lr * m)
+                if t.unit == "groups":  # a row at float32 epsilon is a dead group (mask_pruned masks it)
+                    out = torch.where(torch.linalg.vector_norm(out, dim=1, keepdim=True) <= ZERO_ROW_NORM,
+                                      torch.zeros_like(out), out)
                 return t.zeros(out), out
 
             m = t.multiplier

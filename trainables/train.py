@@ -259,6 +259,9 @@ class _Trainer:
                 self.masks[layer.name] = mask.to(layer.module.weight.dtype).contiguous()
             return
         if self.target is not None:
+            # the optimizer step moved masked groups off zero: zero them first, or the controller
+            # counts them live, lowers the strength, and the masks then add them back to its zeros
+            self._apply_masks()
             self.target.apply(lr, step)
         else:
             for layer in self.layers:
