@@ -19,6 +19,8 @@ POINTS = (
     "artifacts",  # a complete trial's artifacts in MLflow, its state not yet
     "recorded",  # a trial's end recorded in MLflow, before Ray saves its state
     "saving",  # Ray saving its experiment state (its trials and searcher written, the callbacks not)
+    "start_trained",  # the search's start trained into its temporary folder, not yet renamed into place
+    "start_recorded",  # the start in place and recorded in MLflow, before Ray made the Tuner (no tuner.pkl)
 )
 _seen: dict[str, int] = {}
 

@@ -35,6 +35,8 @@ from typing import Any, Callable
 
 from trainables.schema import RESULT_FILE
 
+from . import faults
+
 __all__ = ["START_DIR", "START_TRIAL_ID", "WEIGHTS_FILE", "HASH_FILE", "Start", "start_config", "finished_start",
            "ensure_start", "started_only", "with_start", "record_start"]
 
@@ -151,6 +153,7 @@ def ensure_start(spec: Any, search_dir: Path, *, train: Callable[[Any, dict, Pat
         shutil.rmtree(folder)
     tmp = search_dir / f".start-{secrets.token_hex(4)}"
     train(spec, start_config(spec), tmp)
+    faults.point("start_trained")
     os.replace(tmp, folder)
     start = finished_start(folder)
     if start is None:
@@ -196,7 +199,8 @@ def record_start(tracker: Any, spec: Any, start: Start) -> None:
     for epoch in history[:-1]:
         tracker.log_result(rid, epoch)
     tracker.log_result(rid, {**(history[-1] if history else {}), **payload, "final": 1.0})
-    tracker.complete(rid, START_TRIAL_ID, start.path)
     ts = int(time.time() * 1000)
     tracker.client.log_batch(tracker.parent_id, metrics=[Metric("start_epochs", float(start.epochs), ts, 0),
                                                           Metric("start_seconds", float(start.seconds), ts, 0)])
+    tracker.complete(rid, START_TRIAL_ID, start.path)  # its state, last: the record that it is there
+    faults.point("start_recorded")

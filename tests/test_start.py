@@ -200,3 +200,50 @@ def test_a_search_trains_its_start_once_and_every_trial_starts_from_it(ray_sessi
     assert weights.stat().st_ino == inode
     runs = client.search_runs([exp.experiment_id], max_results=100)
     assert [r.data.tags.get(f"{TAG}.trial_id") for r in runs].count("start") == 1
+
+
+def _driver(args: list[str], cwd: Path, **env: str):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, text=True, timeout=400,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+# ("start_trained", True): killed with the start still in its temporary folder, trained again on
+# resume; it passes too, but costs as much again, and test_a_finished_start_is_reused_and_a_half_
+# written_one_is_not covers that folder's fate
+@pytest.mark.parametrize("point, trained_again", [("start_recorded", False)])
+def test_a_driver_killed_in_its_start_resumes_training_it_only_if_it_was_not_whole(tmp_path, point, trained_again):
+    """Killed (as by ``kill -9``) before the Tuner exists (no tuner.pkl): ``--resume`` finds the
+    search by its start and runs it from its spec under its id; a start in place is reused (one
+    still in its temporary folder would be trained again), and MLflow holds it once."""
+    d = spec_dict(tmp_path, start={"epochs": 1})
+    d["base"]["optim"]["epochs"] = 1
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(d))
+    killed = _driver(["search", str(path)], tmp_path, SPARSETUNE_FAULT=f"{point}:1")
+    assert killed.returncode == 137, killed.stdout[-3000:]
+    [search_dir] = (tmp_path / "ray").iterdir()
+    assert not (search_dir / "tuner.pkl").exists()
+    assert (search_dir / "start").exists() == (not trained_again)
+
+    resumed = _driver(["search", str(path), "--resume"], tmp_path)
+    out = resumed.stdout
+    assert resumed.returncode == 0, out[-3000:]
+    assert f"resuming search {search_dir.name}" in out, out[-3000:]
+    assert ("start: trained 1 epochs once" in out) == trained_again, out[-3000:]
+    assert ("start: reused" in out) == (not trained_again), out[-3000:]
+    assert not list(search_dir.glob(".start-*"))
+    client = MlflowClient(d["tracking_uri"])
+    exp = client.get_experiment_by_name("warm")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    ids = [r.data.tags.get(f"{TAG}.trial_id") for r in runs if f"{TAG}.trial_id" in r.data.tags]
+    assert ids.count("start") == 1 and len(ids) == 3
+    sha = (search_dir / "start" / "weights.sha256").read_text().strip()
+    assert all(r.data.params["model/weights_sha256"] == sha for r in runs
+               if r.data.tags.get(f"{TAG}.trial_id") not in (None, "start"))
