@@ -176,13 +176,16 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
             callback.experiment_path = f"{storage.rstrip('/')}/{search_id}"
             callback.restored = restart  # a lost start: the study and MLflow may hold its trials
             callback.quiet = quiet
-            say_start(callback._say, spec, search_id, storage, uri, optuna_url, callback.tracker.url,
-                      resumed=restart, budget=budget)
             if spec.start is not None:  # trained once (or reused), then named in every trial's config
+                say_start(callback._say, spec, search_id, storage, uri, optuna_url, callback.tracker.url,
+                          resumed=restart, budget=budget)
                 start = ensure_start(spec, start_dir, say=callback._say)
                 record_start(tracker, spec, start)
                 spec = with_start(spec, start)
             tuner = _new_tuner(spec, storage, search_id, callback, optuna_url, budget)
+            if spec.start is None:  # after the Tuner (tuner.pkl): a search it names is resumable
+                say_start(callback._say, spec, search_id, storage, uri, optuna_url, callback.tracker.url,
+                          resumed=restart, budget=budget)
         try:
             tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C: Tune stops at once, without on_experiment_end

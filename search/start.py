@@ -152,6 +152,7 @@ def ensure_start(spec: Any, search_dir: Path, *, train: Callable[[Any, dict, Pat
     if folder.exists():  # not whole (its hash does not match its weights): trained again
         shutil.rmtree(folder)
     tmp = search_dir / f".start-{secrets.token_hex(4)}"
+    tmp.mkdir()  # from now on the search is resumable (started_only), before tuner.pkl exists
     train(spec, start_config(spec), tmp)
     faults.point("start_trained")
     os.replace(tmp, folder)
