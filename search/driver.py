@@ -131,7 +131,9 @@ def check_run_dir(path: str) -> str:
 
     from .spec import SpecError
 
-    if not tune.Tuner.can_restore(path):
+    from .start import started_only
+
+    if not tune.Tuner.can_restore(path) and not started_only(path):
         raise SpecError([("--resume", "not the Ray directory of a search (no tuner.pkl in it): give the "
                                       "directory the interrupted search printed after 'Ray storage:'", path)])
     return path

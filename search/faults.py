@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["POINTS", "point"]
+__all__ = ["POINTS", "START_POINTS", "point"]
 
 POINTS = (
     "asked",  # an Optuna trial asked for a new Tune trial (the study has it; Ray's state may not)
@@ -19,6 +19,10 @@ POINTS = (
     "artifacts",  # a complete trial's artifacts in MLflow, its state not yet
     "recorded",  # a trial's end recorded in MLflow, before Ray saves its state
     "saving",  # Ray saving its experiment state (its trials and searcher written, the callbacks not)
+)
+START_POINTS = (  # the spec's `start` (search/start.py), before any trial
+    "start_trained",  # the search's start trained into its temporary folder, not yet renamed into place
+    "start_recorded",  # the start in place and recorded in MLflow, before Ray made the Tuner (no tuner.pkl)
 )
 _seen: dict[str, int] = {}
 

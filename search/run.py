@@ -27,6 +27,7 @@ from .progress import say_start, trial_family
 from .samplers import make_searcher
 from .schedulers import make_scheduler
 from .spec import SearchSpec, SpecError, resolve_optuna_storage, resolve_paths, resolve_storage, resolve_tracking_uri
+from .start import ensure_start, record_start, started_only, with_start
 from .tracking import Tracker, failure_summary
 from .trainable import make_trainable
 
@@ -44,7 +45,7 @@ def find_resumable(storage: str, name: str) -> str:
                   key=lambda i: (search_id_stamp(name, i.base_name), i.mtime_ns or 0), reverse=True)
     for info in dirs:
         path = f"{storage.rstrip('/')}/{info.base_name}"
-        if tune.Tuner.can_restore(path):
+        if tune.Tuner.can_restore(path) or started_only(path):
             return path
     raise SpecError([("--resume", f"no interrupted search named {name!r} to resume in the storage path", storage)])
 
@@ -146,6 +147,7 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
         gpus = ray.cluster_resources().get("GPU", 0)
         if spec.resources.gpu > 0 and gpus < spec.resources.gpu:
             raise SpecError([("resources.gpu", f"the Ray cluster has {gpus:g} GPUs", spec.resources.gpu)])
+        start_dir = Path(storage) / search_id  # the start (spec ``start``) beside Ray's experiment files
         if path:
             _set_aside_torn_state(path, say=print if not quiet else lambda _: None)
             tuner = tune.Tuner.restore(path, trainable=make_trainable(spec), resume_unfinished=True,
@@ -162,16 +164,28 @@ def run_search(spec: SearchSpec, spec_yaml: str, *, address: str | None = None, 
                 callback.time_budget_s = time_budget_s
                 ResumableBudget.next_budget_s = time_budget_s
             budget = callback.time_budget_s  # what the restored search runs with (fresh), not the file's
+            callback.quiet = quiet
+            say_start(callback._say, spec, search_id, storage, uri, optuna_url, callback.tracker.url,
+                      resumed=True, budget=budget)
+            if spec.start is not None:  # the restored trials already name its weights
+                record_start(callback.tracker, spec, ensure_start(spec, start_dir, say=callback._say))
         else:
             tracker = Tracker(uri, spec.name, search_id, list(spec.objectives), spec_yaml, _search_params(spec),
                               compares=_compares(spec), optuna_storage=optuna_url)
             callback = TrackingCallback(tracker, spec.trials, spec.concurrency, quiet, budget)
             callback.experiment_path = f"{storage.rstrip('/')}/{search_id}"
             callback.restored = restart  # a lost start: the study and MLflow may hold its trials
+            callback.quiet = quiet
+            if spec.start is not None:  # trained once (or reused), then named in every trial's config
+                say_start(callback._say, spec, search_id, storage, uri, optuna_url, callback.tracker.url,
+                          resumed=restart, budget=budget)
+                start = ensure_start(spec, start_dir, say=callback._say)
+                record_start(tracker, spec, start)
+                spec = with_start(spec, start)
             tuner = _new_tuner(spec, storage, search_id, callback, optuna_url, budget)
-        callback.quiet = quiet
-        say_start(callback._say, spec, search_id, storage, uri, optuna_url, callback.tracker.url,
-                  resumed=bool(path) or restart, budget=budget)
+            if spec.start is None:  # after the Tuner (tuner.pkl): a search it names is resumable
+                say_start(callback._say, spec, search_id, storage, uri, optuna_url, callback.tracker.url,
+                          resumed=restart, budget=budget)
         try:
             tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C: Tune stops at once, without on_experiment_end

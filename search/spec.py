@@ -54,6 +54,7 @@ __all__ = [
     "Distribution",
     "Objective",
     "SearchSpec",
+    "Start",
     "load_spec",
     "SECTIONS",
 ]
@@ -171,6 +172,23 @@ class Scheduler(_Strict):
         return self
 
 
+class Start(_Strict):
+    """A shared dense start (``search/start.py``): the dense network of ``base`` (no regularizer,
+    no tying) trained once for ``epochs`` before the trials, each of which then starts from it
+    (``model.weights``)."""
+
+    epochs: int
+    lr: float | None = None  # the start's optim.lr (default: base's)
+
+    @model_validator(mode="after")
+    def _check(self) -> Start:
+        if self.epochs < 1:
+            raise FieldError("epochs", "`epochs >= 1` must hold", self.epochs)
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise FieldError("lr", "`lr > 0` (finite) must hold", self.lr)
+        return self
+
+
 class SearchSpec(_Strict):
     name: str
     base: dict[str, Any] = Field(default_factory=dict)
@@ -196,6 +214,8 @@ class SearchSpec(_Strict):
     # the Optuna study's RDB storage (optuna-dashboard reads it); default: optuna.db beside a
     # SQLite MLflow store (or in the working directory)
     optuna_storage: str | None = None
+    # train the dense network of base once before the trials and start every trial from it
+    start: Start | None = None
 
     @field_validator("space", "regularizers", mode="before")
     @classmethod
@@ -424,6 +444,13 @@ def validate_spec(spec: SearchSpec, source: str | None = None) -> None:
                 and cfg.data.val_fraction == 0:
             problems.append(("base.data.val_fraction", "val_accuracy is an objective, so it must be > 0", 0.0))
         epochs = max(epochs, cfg.total_epochs)
+    if spec.start is not None and not problems:
+        from .start import start_config
+
+        try:
+            check_config(TrialConfig.from_dict(start_config(spec)))
+        except ConfigError as e:
+            problems += [(f"start ({path})", msg, value) for path, msg, value in e.problems]
     if spec.scheduler is not None and not problems and spec.scheduler.grace_period >= (spec.scheduler.max_t or epochs):
         problems.append(("scheduler.grace_period", f"must be below the trials' epochs ({epochs}) "
                                                    "(or scheduler.max_t): no trial could be stopped", spec.scheduler.grace_period))
@@ -506,6 +533,8 @@ def _check_structure(spec: SearchSpec, problems: list) -> None:
             if o.metric in RESULT_METRICS and o.metric not in EPOCH_COUNTERPART:
                 problems.append((f"objectives.{i}.metric", "scheduler moasha needs objectives with a per-epoch "
                                                            f"counterpart; valid: {sorted(EPOCH_COUNTERPART)}", o.metric))
+    if spec.start is not None:
+        _check_start(spec, problems)
     if spec.tracking_uri is not None:
         try:
             resolve_tracking_uri(spec.tracking_uri)
@@ -516,3 +545,25 @@ def _check_structure(spec: SearchSpec, problems: list) -> None:
             resolve_optuna_storage(spec.optuna_storage, "")
         except ValueError as e:
             problems.append(("optuna_storage", str(e), spec.optuna_storage))
+
+
+def _check_start(spec: SearchSpec, problems: list) -> None:
+    """``start``: one dense network every trial starts from, so the trials' model is fixed, has no
+    weights of its own, and the start's file lives where every trial reads it (a filesystem path)."""
+    model = spec.base.get("model")
+    if isinstance(model, dict) and model.get("weights") is not None:
+        problems.append(("start / base.model.weights", "a search starts either from its own trained start "
+                         "or from given weights, not both (remove one)", model["weights"]))
+    if isinstance(model, dict) and model.get("weights_sha256") is not None:
+        problems.append(("start / base.model.weights_sha256", "set by the start (remove it)",
+                         model["weights_sha256"]))
+    for family in spec.families or [None]:
+        for path in spec.family_entries(family):
+            if path.split("/")[0] == "model":
+                problems.append((_location(spec, family, path), "the start is one dense network for every trial: "
+                                 "the model cannot vary across trials with `start`", path))
+    storage = spec.storage
+    if storage is not None and "://" in storage:
+        problems.append(("start", "the trials load the start's weights from a file in the storage path: "
+                                  f"use a filesystem path (shared by every node) as storage, not {storage}",
+                         spec.start.model_dump()))

@@ -268,8 +268,8 @@ def test_another_familys_parameter_names_the_chosen_family(registry, tmp_path):
 def test_unknown_field_lists_the_valid_fields():
     with pytest.raises(ConfigError) as info:
         TrialConfig.from_dict({"model": {"name": "mlp", "widht": 3}})
-    assert "model.widht: unknown field (valid fields: name, hidden, batch_norm, dropout) (got 3)" \
-        in str(info.value)
+    assert ("model.widht: unknown field (did you mean weights? valid fields: name, weights, "
+            "weights_sha256, hidden, batch_norm, dropout) (got 3)") in str(info.value)
     with pytest.raises(ConfigError, match=r"^invalid config: foo: unknown field \(valid fields: seed, "):
         TrialConfig.from_dict({"foo": 1})
 

@@ -27,7 +27,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, Union, get_args, get_origin
 
-from pydantic import AfterValidator, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
+import re
+
+from pydantic import AfterValidator, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator, model_validator
 
 from .configbase import UNION_TAGS, _absolute_path, FieldError, _finite, _from_validation_error, _Strict
 
@@ -279,14 +281,72 @@ class DataConfig(Family):
 AbsolutePath = Annotated[str | None, AfterValidator(_absolute_path)]
 
 
+WEIGHTS_NAME = re.compile(r"[A-Za-z0-9_]+")  # a named-weights tag; anything else is a file path
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def is_weights_name(value: str) -> bool:
+    """``IMAGENET1K_V1``, ``DEFAULT``, ``pretrained``: a name, not a file (a file path has a ``/``,
+    a ``.`` or some other character a tag never has)."""
+    return bool(WEIGHTS_NAME.fullmatch(value))
+
+
 class ModelConfig(Family):
     """The network. A model family implements ``build(spec: DataSpec) -> nn.Module``: a plain
-    module for inputs of shape ``spec.input_shape`` that returns ``[batch, spec.num_classes]``."""
+    module for inputs of shape ``spec.input_shape`` that returns ``[batch, spec.num_classes]``.
+
+    Every family may start from trained weights (``weights``: a state-dict file, loaded by
+    ``build_model`` after building, every key and shape checked; a family with named weights,
+    such as ``torchvision``, resolves its names in ``named_weights``)."""
 
     name: str = Field("mlp", description="the model (one of the families below)")
+    weights: str | None = Field(
+        None, description="trained weights to start from: a state-dict file "
+                          "(`torch.save(model.state_dict(), path)`; every key and shape must match the "
+                          "model). `torchvision` also takes a weights name (`IMAGENET1K_V1`, `DEFAULT`) "
+                          "and `timm` `pretrained` / a pretrained tag, read from the local cache")
+    weights_sha256: str | None = Field(
+        None, description="the sha256 of the `weights` file (64 hex digits): a file with other "
+                          "contents is an error (an exported search config names its shared start "
+                          "this way)")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: str | None) -> str | None:
+        # a family with named weights (the sources) overrides this validator (same name)
+        if v is not None and is_weights_name(v):
+            raise ValueError(f"model {cls.family_name()!r} has no named weights: give a state-dict "
+                             f"file path (with a `/` or a file suffix, e.g. ./{v}.pt)")
+        return _absolute_path(v)
+
+    @field_validator("weights_sha256")
+    @classmethod
+    def _sha256(cls, v: str | None) -> str | None:
+        if v is not None and not SHA256.fullmatch(v.lower()):
+            raise ValueError("expected 64 hexadecimal digits (`sha256sum FILE`)")
+        return None if v is None else v.lower()
+
+    @model_validator(mode="after")
+    def _check_weights_sha256(self) -> ModelConfig:
+        if self.weights_sha256 is not None and (self.weights is None or is_weights_name(self.weights)):
+            raise FieldError("weights_sha256", "checks the `model.weights` file, but model.weights is "
+                                               f"{self.weights!r}", self.weights_sha256)
+        return self
 
     def build(self, spec: Any) -> Any:  # -> nn.Module
         raise NotImplementedError(f"model {self.name!r} does not implement build()")
+
+    def load_weights(self, model: Any, spec: Any) -> None:
+        """Load ``self.weights`` into ``model`` (``build_model`` calls it after building)."""
+        if self.weights is None:
+            return
+        from .models.sources import load_weights_file  # torch: only when weights are loaded
+
+        load_weights_file(self, model, spec)
+
+    def adapt_state(self, model: Any, state: Any) -> Any:
+        """Trained weights made to fit what :meth:`build` changed (none here)."""
+        return state
 
 
 LAYER_SELECTIONS = ("all", "all_but_first", "all_but_last", "inner")

@@ -29,8 +29,9 @@ Model sources (``sources.py`` holds what they share: data arguments, imports, tr
 - ``torchvision`` (``torchvision_models.py``): ``torchvision.models.get_model(arch)``;
 - ``timm`` (``timm_models.py``): ``timm.create_model(arch)`` (optional extra).
 
-Any family may start from trained weights: ``build_model`` loads them after building (a family
-with a ``load_weights(model, spec)`` method, as the sources have).
+Every family may start from trained weights: ``model.weights`` (a state-dict file, its
+``model.weights_sha256`` checked when given), which ``build_model`` loads after building through
+``ModelConfig.load_weights`` (``sources.load_weights_file``; the sources also resolve named weights).
 """
 
 from __future__ import annotations

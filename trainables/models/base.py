@@ -15,7 +15,7 @@ __all__ = ["build_model", "prunable_layers", "image_shape", "check_dropout"]
 
 def build_model(cfg: ModelConfig, spec: DataSpec, *, weights: bool = True) -> nn.Module:
     """The model of family ``cfg.name`` for data described by ``spec``, with its trained weights
-    (``model.weights``) loaded unless ``weights=False`` (an architecture only: validation on the
+    (``model.weights``, checked against ``model.weights_sha256`` when set) loaded unless ``weights=False`` (an architecture only: validation on the
     ``meta`` device, a compact model rebuilt from its file)."""
     family = MODELS.get(cfg.name)  # ValueError listing the registered models
     if not isinstance(cfg, family):  # e.g. ModelConfig.model_construct(name=...)
@@ -23,9 +23,8 @@ def build_model(cfg: ModelConfig, spec: DataSpec, *, weights: bool = True) -> nn
                          f"got {type(cfg).__name__}")
     _check_spec(spec)
     model = cfg.build(spec)
-    load = getattr(cfg, "load_weights", None)
-    if weights and load is not None:
-        load(model, spec)
+    if weights:
+        cfg.load_weights(model, spec)  # ModelConfig.load_weights: the file (or a source's named weights)
     return model
 
 

@@ -39,8 +39,6 @@ class PythonModelConfig(SourceConfig):
                                      "PYTHONPATH; called with `kwargs` plus `num_classes` and "
                                      "`input_shape` if it names them")
     kwargs: dict[str, Any] = Field({}, description="keyword arguments of the factory")
-    weights: str | None = Field(None, description="trained weights to start from: a state-dict file "
-                                                  "(`torch.save(model.state_dict(), path)`)")
 
     @field_validator("factory")
     @classmethod

@@ -10,8 +10,8 @@ exit status 2 before any work starts. Nothing here downloads: named weights (tor
 
 from __future__ import annotations
 
+import hashlib
 import inspect
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,20 +22,14 @@ from torch import nn
 
 from ..configbase import ConfigError, _absolute_path, FieldError
 from ..data import DataSpec
-from ..families import ModelConfig
+from ..families import WEIGHTS_NAME, ModelConfig, is_weights_name
 from ..imports import import_object
 
 __all__ = ["SourceConfig", "DATA_ARGS", "call_builder", "import_factory", "load_state_dict",
-           "load_weights_into", "is_weights_name", "weights_field", "WEIGHTS_NAME"]
+           "load_weights_into", "load_weights_file", "file_sha256", "is_weights_name", "weights_field",
+           "WEIGHTS_NAME"]
 
 DATA_ARGS = ("num_classes", "input_shape")  # what a builder is given from the data, if it names them
-WEIGHTS_NAME = re.compile(r"[A-Za-z0-9_]+")  # a named-weights tag; anything else is a file path
-
-
-def is_weights_name(value: str) -> bool:
-    """``IMAGENET1K_V1``, ``DEFAULT``, ``pretrained``: a name, not a file (a file path has a ``/``,
-    a ``.`` or some other character a tag never has)."""
-    return bool(WEIGHTS_NAME.fullmatch(value))
 
 
 class SourceConfig(ModelConfig):
@@ -55,15 +49,11 @@ class SourceConfig(ModelConfig):
         """Load ``self.weights`` into ``model`` (a file, or a named tag the family resolves)."""
         if self.weights is None:
             return
-        if is_weights_name(self.weights):
-            state, head = self.named_weights(spec), True
-        else:
-            state, head = load_state_dict(self.weights), False
-        load_weights_into(model, self.adapt_state(model, state), self.weights, spec, reinit_head=head)
-
-    def adapt_state(self, model: nn.Module, state: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
-        """Trained weights made to fit what :meth:`build` changed (none here)."""
-        return state
+        if not is_weights_name(self.weights):
+            load_weights_file(self, model, spec)
+            return
+        load_weights_into(model, self.adapt_state(model, self.named_weights(spec)), self.weights, spec,
+                          reinit_head=True)
 
     def named_weights(self, spec: DataSpec) -> Mapping[str, torch.Tensor]:
         raise ConfigError([("model.weights", "a path to a state-dict file (with a `/` or a file "
@@ -142,6 +132,31 @@ def load_state_dict(path: str, field: str = "model.weights") -> Mapping[str, tor
         raise ConfigError([(field, "not a state dict (a mapping of parameter names to tensors, as "
                                    "torch.save(model.state_dict(), path) writes)", path)])
     return state
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's contents, as ``sha256sum`` prints it."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_weights_file(cfg: ModelConfig, model: nn.Module, spec: DataSpec) -> None:
+    """Load the state-dict file ``cfg.weights`` into ``model`` (every family's file weights): its
+    sha256 checked against ``cfg.weights_sha256`` when that is set, every key and shape against the
+    model. Each problem is a ``ConfigError`` naming ``model.weights`` or ``model.weights_sha256``."""
+    path = cfg.weights
+    if cfg.weights_sha256 is not None and Path(path).is_file():
+        try:
+            actual = file_sha256(path)
+        except OSError as e:
+            raise ConfigError([("model.weights", f"cannot be read: {e.strerror or e}", path)]) from None
+        if actual != cfg.weights_sha256:
+            raise ConfigError([("model.weights_sha256", f"does not match the file {path} (its sha256 "
+                                                        f"is {actual}): the file changed", cfg.weights_sha256)])
+    load_weights_into(model, cfg.adapt_state(model, load_state_dict(path)), path, spec, reinit_head=False)
 
 
 def _head(model: nn.Module) -> str | None:

@@ -52,9 +52,6 @@ class TimmConfig(SourceConfig):
     name: Literal["timm"] = "timm"
     arch: str = Field(description="the architecture, e.g. `resnet18d` (`timm.list_models()`)")
     kwargs: dict[str, Any] = Field({}, description="keyword arguments of `timm.create_model`")
-    weights: str | None = Field(None, description="trained weights to start from: a state-dict file, or "
-                                                  "`pretrained` / a pretrained tag found in the local "
-                                                  "Hugging Face or torch hub cache")
 
     @field_validator("weights")
     @classmethod

@@ -50,9 +50,6 @@ class TorchvisionConfig(SourceConfig):
     name: Literal["torchvision"] = "torchvision"
     arch: str = Field(description="the architecture, e.g. `resnet18` (`torchvision.models.list_models()`)")
     kwargs: dict[str, Any] = Field({}, description="keyword arguments of the architecture's builder")
-    weights: str | None = Field(None, description="trained weights to start from: a state-dict file, or "
-                                                  "a weights name (`IMAGENET1K_V1`, `DEFAULT`) found in "
-                                                  "the local torch hub cache")
 
     adapt_input: bool = Field(False, description="replace the first convolution by one that reads the "
                                                  "data's channels (trained weights adapted as timm's "
