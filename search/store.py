@@ -88,27 +88,22 @@ class ClientReader:
                                        order_by=["attributes.start_time DESC"], max_results=1)
         return exp.experiment_id, (RunRecord.of(runs[0]) if runs else None)
 
-    def children(self, experiment_id: str, parent_id: str) -> list[RunRecord]:
-        """The child runs of a parent (the trials of a search), latest started first."""
+    def _all(self, experiment_id: str, filter_string: str) -> list[RunRecord]:
         runs, token = [], None
         while True:
-            page = self.client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'",
-                                           max_results=1000, page_token=token)
+            page = self.client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
             runs.extend(RunRecord.of(r) for r in page)
             token = page.token
             if not token:
                 return runs
 
+    def children(self, experiment_id: str, parent_id: str) -> list[RunRecord]:
+        """The child runs of a parent (the trials of a search), latest started first."""
+        return self._all(experiment_id, f"tags.mlflow.parentRunId = '{parent_id}'")
+
     def points(self, experiment_id: str, parent_id: str) -> list[RunRecord]:
         """The point runs of a search's path trials (each nested under its trial's run)."""
-        runs, token = [], None
-        while True:
-            page = self.client.search_runs([experiment_id], f"tags.`{TAG}.search_parent` = '{parent_id}'",
-                                           max_results=1000, page_token=token)
-            runs.extend(RunRecord.of(r) for r in page)
-            token = page.token
-            if not token:
-                return runs
+        return self._all(experiment_id, f"tags.`{TAG}.search_parent` = '{parent_id}'")
 
     def download(self, run_id: str, path: str, dst: Path) -> Path:
         """A run's artifact ``path``, copied into the folder ``dst``."""
