@@ -34,6 +34,7 @@ trials of the per-trial sum of the parts.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sqlite3
 import statistics
@@ -55,7 +56,7 @@ from search.space import SpaceDefinition  # noqa: E402
 from search.spec import SearchSpec  # noqa: E402
 from search.store import TAG  # noqa: E402
 from search.tracking import Tracker  # noqa: E402
-from trainables.schema import ARTIFACTS  # noqa: E402
+from trainables.schema import ARTIFACTS, RESULT_FILE  # noqa: E402
 from trainables.yamlio import load_yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,6 +222,7 @@ def run_tracker(tmp: Path, spec_dict: dict, n: int, last: int, epochs: int, mode
     art.mkdir()
     for name in ARTIFACTS:  # a trial's config.yaml, result.json, compact_model.pt (small here)
         (art / name).write_bytes(b"x" * 2000)
+    (art / RESULT_FILE).write_text(json.dumps({"history": [], "pad": "x" * 2000}))  # read back by complete
     config = {**spec_dict["base"], "regularizer": {"name": "cges"}}
 
     def trial(tracker: Tracker, tid: str) -> None:

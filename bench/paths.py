@@ -8,7 +8,7 @@ search's dense start. Reported, from the search's own MLflow store:
 - the hypervolume, and its growth with the epochs trained (points in the order they were recorded);
 - per family: trials, points, frontier points; the frontier.
 
-    python bench/paths.py --out bench/results/paths.json     # ~15 min on 2 cores
+    python bench/paths.py --out bench/results/paths.json     # ~3 min on 2 cores
 """
 
 from __future__ import annotations

@@ -141,13 +141,24 @@ class TrackingCallback(tune.Callback):
 
     def _final_checkpoint(self, trial_id: str) -> Path | None:
         """The final checkpoint (with ``result.json``) of a trial Ray never recorded, found in its
-        directory of the experiment (local storage only; None if there is none)."""
+        directory of the experiment (local storage only; None if there is none). The newest whose
+        ``result.json`` reads whole and is the run's end, not a path's point (``point`` without
+        ``points``): a trial run again after the kill may have left a half-copied one behind."""
         if not self.experiment_path or "://" in self.experiment_path:
             return None
+        import json
+
         from trainables.schema import RESULT_FILE
 
-        finals = sorted(Path(self.experiment_path).glob(f"*_{trial_id}/checkpoint_*/{RESULT_FILE}"))
-        return finals[-1].parent if finals else None
+        for found in sorted(Path(self.experiment_path).glob(f"*_{trial_id}/checkpoint_*/{RESULT_FILE}"),
+                            reverse=True):
+            try:
+                payload = json.loads(found.read_text())
+            except (OSError, ValueError):  # torn: the copy was killed part way
+                continue
+            if isinstance(payload, dict) and ("point" not in payload or "points" in payload):
+                return found.parent
+        return None
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         self._run(trial)

@@ -606,3 +606,36 @@ def test_a_run_found_after_a_killed_driver_gets_the_epochs_it_lost_from_the_resu
         steps = sorted(m.step for m in client.get_metric_history(run, key))
         assert steps == [1, 2, 3, 4], (key, steps)
     assert {m.step: m.value for m in client.get_metric_history(run, "train_loss")}[2] == 0.5
+
+
+def test_the_final_checkpoint_found_after_a_kill_is_whole_and_the_runs_end(tmp_path):
+    """A trial Ray never recorded is adopted from its newest checkpoint whose ``result.json`` reads
+    whole and is the run's end: not a half-copied one (a re-run killed while Ray copied it), not a
+    path's point (``point`` without ``points``)."""
+    import json
+
+    import search.callbacks as tune_module
+
+    tracker = Tracker(f"sqlite:///{tmp_path}/m.db", "exp", "exp-1", OBJECTIVES, "name: exp\n", {"trials": 1})
+    callback = tune_module.TrackingCallback(tracker, total=1)
+    callback.experiment_path = str(tmp_path / "exp")
+    trial_dir = tmp_path / "exp" / "train_trial_abc12_00000"
+
+    def checkpoint(k: int, text: str | None) -> Path:
+        folder = trial_dir / f"checkpoint_{k:06d}"
+        folder.mkdir(parents=True)
+        if text is not None:
+            (folder / "result.json").write_text(text)
+        return folder
+
+    assert callback._final_checkpoint("abc12_00000") is None
+    checkpoint(0, None)  # a state-only checkpoint: no run saved in it
+    checkpoint(1, json.dumps({"point": 0, "target": 0.5, "val_accuracy": 0.9}))
+    assert callback._final_checkpoint("abc12_00000") is None  # a point is not the run's end
+    final = checkpoint(2, json.dumps({"point": 1, "points": [{}, {}], "val_accuracy": 0.8}))
+    checkpoint(3, "")  # torn
+    checkpoint(4, '{"val_accuracy": 0.')  # torn part way
+    assert callback._final_checkpoint("abc12_00000") == final
+    plain = checkpoint(5, json.dumps({"val_accuracy": 0.7, "history": []}))  # a run without a path
+    assert callback._final_checkpoint("abc12_00000") == plain
+    assert callback._final_checkpoint("other_00001") is None

@@ -32,7 +32,10 @@ def save_run(result: Result, out: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(result.config.to_yaml())
     payload = {**result.metrics, "history": result.history}
-    (out / RESULT_FILE).write_text(json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n")
+    text = json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n"
+    partial = out / f".{RESULT_FILE}.partial"  # written whole, then renamed: never read half written
+    partial.write_text(text)
+    partial.replace(out / RESULT_FILE)
     save_compact(out / MODEL_FILE, result.compact_model, model_cfg=result.config.model.model_dump(mode="json"),
                  spec=result.spec, preprocessing=result.preprocessing or None)
     return out
