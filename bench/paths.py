@@ -36,6 +36,57 @@ SPEC = ROOT / "bench/specs/mnist10k_paths.yaml"
 TAG = "sparsetune"
 
 
+def tell_every_point() -> None:
+    """Make the searcher tell Optuna every point of a path, not only the best: the path's trial
+    gets its best point (as always) and each other point becomes a COMPLETE trial with the same
+    parameters (``study.add_trial``). Round-robin then counts only the asked trials, so the extra
+    ones do not shift which family comes next."""
+    import json
+    import math
+
+    import optuna
+
+    from search import samplers, space
+    from search.trainable import POINTS_KEY
+
+    told = samplers.FullBudgetOptunaSearch.on_trial_complete
+    pick = space.SpaceDefinition.__call__
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        trial = samplers._compat.optuna_trial_of(self, trial_id)
+        told(self, trial_id, result, error)
+        if trial is None or error or not result or result.get("final") != 1.0 or not result.get(POINTS_KEY):
+            return
+        study = samplers._compat.study_of(self)
+        frozen = study._storage.get_trial(trial._trial_id)
+        if frozen.state != optuna.trial.TrialState.COMPLETE:
+            return
+        for p in json.loads(result[POINTS_KEY]):
+            values = [p.get(m) for m in self.metric]
+            if values != list(frozen.values) and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                study.add_trial(optuna.trial.create_trial(params=frozen.params, distributions=frozen.distributions,
+                                                          values=values, user_attrs={"extra_point": p["point"]}))
+
+    def call(self, trial):
+        if self.families and self.allocation == "round_robin":
+            asked = [t for t in trial.study.get_trials(deepcopy=False) if "extra_point" not in t.user_attrs]
+            return pick(self, _Renumbered(trial, len(asked) - 1))
+        return pick(self, trial)
+
+    samplers.FullBudgetOptunaSearch.on_trial_complete = on_trial_complete
+    space.SpaceDefinition.__call__ = call
+
+
+class _Renumbered:
+    """An Optuna trial seen with another ``number`` (everything else passes through)."""
+
+    def __init__(self, trial, number: int):
+        self._trial, self.number = trial, number
+
+    def __getattr__(self, name):
+        return getattr(self._trial, name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, repeats=1)
@@ -44,7 +95,14 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=None, help="override the spec's trials")
     parser.add_argument("--seed", type=int, default=None, help="override the spec's seed")
     parser.add_argument("--continue-from", choices=["finetuned", "stage"], default=None)
+    parser.add_argument("--tell", choices=["best", "every"], default="best",
+                        help="what MO-TPE learns of a path: the point with the largest hypervolume of its own "
+                             "(what sparsetune does), or every point (the others added as trials of the same "
+                             "parameters; measured here only)")
+    parser.add_argument("--no-figure", action="store_true", help="do not redraw bench/figures/mnist10k_paths_flops.png")
     args = parser.parse_args()
+    if args.tell == "every":
+        tell_every_point()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="paths-"))
     work.mkdir(parents=True, exist_ok=True)
     spec_dict = load_yaml(SPEC)
@@ -108,10 +166,11 @@ def main() -> None:
                          [line(r) for r in sorted(pareto, key=lambda r: -r["val_accuracy"])]))
     fig_dir = ROOT / "bench/figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    frontier_figure(frontier, "flops_compact", "val_accuracy",
-                    title=f"MNIST-10k paths: {len(frontier.rows)} points of {len(trials)} trials, {epochs} epochs").savefig(
-        fig_dir / "mnist10k_paths_flops.png", dpi=130, bbox_inches="tight")
-    payload.update(header=header, search_id=outcome.search_id, wall_s=wall, epochs_trained=epochs,
+    if not args.no_figure:
+        frontier_figure(frontier, "flops_compact", "val_accuracy",
+                        title=f"MNIST-10k paths: {len(frontier.rows)} points of {len(trials)} trials, {epochs} epochs"
+                        ).savefig(fig_dir / "mnist10k_paths_flops.png", dpi=130, bbox_inches="tight")
+    payload.update(header=header, tell=args.tell, search_id=outcome.search_id, wall_s=wall, epochs_trained=epochs,
                    start_epochs=start_epochs, families=table, curve=curve, hypervolume=frontier.hypervolume,
                    candidates=len(frontier.rows), frontier=[dict(r) for r in pareto],
                    trials=[{k: v for k, v in t.items() if k != "epoch_ms"} for t in trials])

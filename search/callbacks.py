@@ -22,6 +22,7 @@ from .progress import duration, eta, summary, trial_family, trial_label
 from .samplers import TRIAL_ATTR, FullBudgetOptunaSearch
 from .store import TAG
 from .tracking import ENDED, Tracker
+from .trainable import STAGES_KEY
 
 __all__ = ["TrackingCallback"]
 
@@ -55,6 +56,10 @@ class TrackingCallback(tune.Callback):
         self._durations: list[float] = []
         self._said: dict[str, float] = {}  # trial_id -> time of its last progress line
         self._epochs: dict[str, int] = {}  # trial_id -> epochs it runs
+        self._stages: dict[str, int] = {}  # trial_id -> stages of its path (0: not a path)
+        self._stages_done: dict[str, int] = {}  # trial_id -> points measured so far (this run)
+        self._stage_mark: dict[str, float] = {}  # trial_id -> when its last stage ended (or it started)
+        self._stage_seconds: list[float] = []  # each stage trained while this driver watched
         self._settled: set[str] = set()  # trials whose end is recorded (or was, before a restore)
         self._restored_ids: set[str] = set()  # trials Ray restored (their end may be recorded already)
         self.adopted = 0  # trials that ended after Ray last saved its state (they count toward the total)
@@ -164,6 +169,8 @@ class TrackingCallback(tune.Callback):
         self._run(trial)
         self._started[trial.trial_id] = time.monotonic()
         self._said[trial.trial_id] = time.monotonic()
+        self._stage_mark[trial.trial_id] = time.monotonic()
+        self._total_epochs(trial)  # and its path's stages (the ETA)
         running = sum(t.status == "RUNNING" or t is trial for t in trials)  # Tune marks it RUNNING after this hook
         self._say(f"  start  {trial_label(trial)}  ({running} running, {self.done}/{self.total} done)")
 
@@ -171,6 +178,10 @@ class TrackingCallback(tune.Callback):
         self.tracker.log_result(self._run(trial), result)
         faults.point("reported")
         now = time.monotonic()
+        if finite(result.get(STAGES_KEY)):  # a path's point: one stage more (the ETA counts stages)
+            self._stage_seconds.append(now - self._stage_mark.get(trial.trial_id, self._started.get(trial.trial_id, now)))
+            self._stage_mark[trial.trial_id] = now
+            self._stages_done[trial.trial_id] = int(result[STAGES_KEY])
         if now - self._said.get(trial.trial_id, now) >= self.progress_s and result.get("final") != 1.0:
             self._said[trial.trial_id] = now
             acc = result.get("val_accuracy")
@@ -182,6 +193,7 @@ class TrackingCallback(tune.Callback):
         if trial.trial_id not in self._epochs:
             cfg = TrialConfig.from_dict(trial.config)
             self._epochs[trial.trial_id] = cfg.total_epochs
+            self._stages[trial.trial_id] = len(cfg.path.targets) if cfg.path is not None else 0
         return self._epochs[trial.trial_id]
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
@@ -262,7 +274,16 @@ class TrackingCallback(tune.Callback):
         return True
 
     def _eta(self) -> str:
-        return eta(self._durations, self.total - self.done, self.concurrency)
+        """From the finished trials' mean duration; in a path search from the mean stage instead,
+        over the stages left: those of the running trials, and a whole path for each trial not
+        started (an upper bound when a scheduler stops paths early)."""
+        if not self._stage_seconds:
+            return eta(self._durations, self.total - self.done, self.concurrency)
+        known = [n for n in self._stages.values() if n]
+        waiting = max(self.total - self.done - len(self._started), 0)
+        left = sum(max(self._stages.get(t, 0) - self._stages_done.get(t, 0), 0) for t in self._started)
+        left += waiting * round(sum(known) / len(known)) if known else 0
+        return eta(self._stage_seconds, left, self.concurrency)
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         """When the time budget runs out, Tune stops the trials still running (or waiting for a

@@ -42,7 +42,7 @@ from trainables.schema import EPOCH_COUNTERPART
 
 from .frontier import finite
 from .pareto import pareto_ranks, to_minimization
-from .space import max_epochs
+from .space import rung_unit
 
 if TYPE_CHECKING:
     from .spec import SearchSpec
@@ -114,7 +114,7 @@ class MOASHAScheduler(FIFOScheduler):
     """
 
     def __init__(self, objectives: Sequence[tuple[str, str]], *, max_t: int, grace_period: int = 1,
-                 reduction_factor: float = 3.0, time_attr: str = "epoch"):
+                 reduction_factor: float = 3.0, time_attr: str = "epoch", per_epoch: bool = True):
         super().__init__()
         if not objectives:
             raise ValueError("MOASHAScheduler needs at least one objective, got none")
@@ -128,7 +128,9 @@ class MOASHAScheduler(FIFOScheduler):
         if isinstance(max_t, bool) or not isinstance(max_t, int) or max_t <= grace_period:
             raise ValueError(f"`max_t > grace_period` (an int) must hold, but got max_t={max_t!r}, "
                              f"grace_period={grace_period!r}")
-        self._metrics = [epoch_objective(metric) for metric, _ in objectives]
+        # every epoch's report: each objective's per-epoch counterpart; a path's points (per_epoch
+        # False): the objectives themselves
+        self._metrics = [epoch_objective(metric) if per_epoch else metric for metric, _ in objectives]
         self._directions = [mode for _, mode in objectives]
         self._time_attr = time_attr
         self._max_t = max_t
@@ -174,18 +176,23 @@ class MOASHAScheduler(FIFOScheduler):
         return _ahead(values, self._directions, len(rung) - 1) < math.ceil(len(rung) / self._reduction_factor)
 
     def debug_string(self) -> str:
-        rungs = ", ".join(f"epoch {m}: {len(self.recorded[m])} trials" for m in self.milestones)
+        unit = "epoch" if self._time_attr == "epoch" else "stage"
+        rungs = ", ".join(f"{unit} {m}: {len(self.recorded[m])} trials" for m in self.milestones)
         return f"Using MO-ASHA ({', '.join(self._metrics)}): stopped {self.num_stopped}; rungs {rungs}"
 
 
 def make_scheduler(spec: SearchSpec):
-    """The trial scheduler the spec asks for (FIFO: every trial runs its full budget)."""
+    """The trial scheduler the spec asks for (FIFO: every trial runs its full budget). In a path
+    search the rungs are stages (``space.rung_unit``): a trial is ranked at its points, by the
+    objectives themselves (a point is measured like a finished run), and one it stops keeps the
+    points it measured on the frontier."""
     s = spec.scheduler
     if s is None:
         return FIFOScheduler()
+    unit, budget = rung_unit(spec)
     if s.type == "moasha":  # stops are recorded as PRUNED like ASHA's: the last report is not final
-        return MOASHAScheduler([(o.metric, o.mode) for o in spec.objectives], max_t=s.max_t or max_epochs(spec),
-                               grace_period=s.grace_period, reduction_factor=s.reduction_factor)
-    return ASHAScheduler(time_attr="epoch", metric=s.metric, mode=s.mode, max_t=max_epochs(spec),
+        return MOASHAScheduler([(o.metric, o.mode) for o in spec.objectives], max_t=s.max_t or budget,
+                               grace_period=s.grace_period, reduction_factor=s.reduction_factor,
+                               time_attr=unit, per_epoch=unit == "epoch")
+    return ASHAScheduler(time_attr=unit, metric=s.metric, mode=s.mode, max_t=budget,
                          grace_period=s.grace_period, reduction_factor=s.reduction_factor)
-

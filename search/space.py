@@ -9,7 +9,9 @@ from trainables.config import TrialConfig
 
 from .spec import Distribution, SearchSpec, candidate_configs
 
-__all__ = ["SpaceDefinition", "max_epochs"]
+from .trainable import STAGES_KEY
+
+__all__ = ["SpaceDefinition", "max_epochs", "rung_unit"]
 
 
 class SpaceDefinition:
@@ -60,9 +62,30 @@ def _suggest(trial, path: str, d: Distribution) -> Any:
 
 def max_epochs(spec: SearchSpec) -> int:
     """The most epochs (training + retraining) any trial of the spec can run: ASHA's ``max_t``."""
-    best = 1
+    return _most(spec)[0]
+
+
+def _most(spec: SearchSpec) -> tuple[int, set[int]]:
+    """The most epochs a trial runs, and the stages (path targets; 0 for a plain trial) of each."""
+    epochs, stages = 1, set()
     for _, data, _ in candidate_configs(spec):
         cfg = TrialConfig.from_dict(data)
-        best = max(best, cfg.total_epochs)
-    return best
+        epochs = max(epochs, cfg.total_epochs)
+        stages.add(len(cfg.path.targets) if cfg.path is not None else 0)
+    return epochs, stages
+
+
+def rung_unit(spec: SearchSpec) -> tuple[str, int]:
+    """What a scheduler's rungs count and the full budget in it: ``("epoch", most epochs)``, or
+    for a search whose trials walk sparsity paths ``(STAGES_KEY, most stages)``: a path trial is
+    ranked at its points, where it is measured like a finished run, never in the middle of a
+    stage. A spec mixing path and plain trials has no one unit (``ValueError``; the spec's
+    validation says so first)."""
+    epochs, stages = _most(spec)
+    if stages == {0}:
+        return "epoch", epochs
+    if 0 in stages:
+        raise ValueError("a scheduler's rungs are epochs for plain trials and stages for path trials: "
+                         "give every family a `path`, or none")
+    return STAGES_KEY, max(stages)
 

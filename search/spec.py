@@ -59,7 +59,7 @@ __all__ = [
     "SECTIONS",
 ]
 
-SECTIONS = ("seed", "device", "data", "model", "optim", "regularizer", "tying")
+SECTIONS = tuple(TrialConfig.model_fields)  # a family entry outside these is a regularizer knob
 DEFAULT_OBJECTIVES = [
     {"metric": "val_accuracy", "mode": "max"},
     {"metric": "params_nonzero", "mode": "min"},
@@ -141,6 +141,10 @@ class Scheduler(_Strict):
     - ``moasha``: multi-objective ASHA (``search/schedulers.py``) on the spec's ``objectives``,
       each read every epoch through its per-epoch counterpart; ``max_t`` is the full budget in
       epochs (default: the most epochs a trial of the spec runs), rungs lie below it.
+
+    In a search whose trials walk sparsity paths (``path``), ``grace_period`` and ``max_t`` count
+    path stages, not epochs: a trial is ranked at its points, by the objectives themselves, and
+    one that is stopped keeps the points it measured on the frontier.
     """
 
     type: Literal["asha", "moasha"] = "asha"
@@ -422,6 +426,7 @@ def validate_spec(spec: SearchSpec, source: str | None = None) -> None:
     from trainables import check_config, check_trial
 
     epochs = 1  # the most epochs a trial runs (training + retraining): the scheduler's budget
+    stages: set[int] = set()  # each trial's path stages (0: no path); with paths, rungs are stages
     networks: set[str] = set()  # (data, model) pairs whose real network was built and run
     for family, data, where in candidate_configs(spec):
         try:
@@ -444,6 +449,7 @@ def validate_spec(spec: SearchSpec, source: str | None = None) -> None:
                 and cfg.data.val_fraction == 0:
             problems.append(("base.data.val_fraction", "val_accuracy is an objective, so it must be > 0", 0.0))
         epochs = max(epochs, cfg.total_epochs)
+        stages.add(len(cfg.path.targets) if cfg.path is not None else 0)
     if spec.start is not None and not problems:
         from .start import start_config
 
@@ -451,9 +457,15 @@ def validate_spec(spec: SearchSpec, source: str | None = None) -> None:
             check_config(TrialConfig.from_dict(start_config(spec)))
         except ConfigError as e:
             problems += [(f"start ({path})", msg, value) for path, msg, value in e.problems]
-    if spec.scheduler is not None and not problems and spec.scheduler.grace_period >= (spec.scheduler.max_t or epochs):
-        problems.append(("scheduler.grace_period", f"must be below the trials' epochs ({epochs}) "
-                                                   "(or scheduler.max_t): no trial could be stopped", spec.scheduler.grace_period))
+    if spec.scheduler is not None and not problems and 0 in stages and len(stages) > 1:
+        problems.append(("scheduler", "rungs are epochs for plain trials and stages for path trials: give "
+                                      "every family a `path`, or none", spec.scheduler.type))
+    elif spec.scheduler is not None and not problems:
+        budget, unit = (epochs, "epochs") if stages == {0} else (max(stages), "path stages")
+        if spec.scheduler.grace_period >= (spec.scheduler.max_t or budget):
+            problems.append(("scheduler.grace_period", f"must be below the trials' {unit} ({budget}) "
+                                                       "(or scheduler.max_t): no trial could be stopped",
+                             spec.scheduler.grace_period))
     if problems:
         raise SpecError(problems[:1] if len(problems) > 5 else problems, source)
 

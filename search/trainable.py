@@ -24,10 +24,13 @@ from trainables.config import TrialConfig
 
 from .spec import SearchSpec
 
-__all__ = ["EPOCH_FILE", "POINTS_KEY", "STATE_FILE", "make_trainable", "newest_state", "train_trial"]
+__all__ = ["EPOCH_FILE", "POINTS_KEY", "STAGES_KEY", "STATE_FILE", "make_trainable", "newest_state", "train_trial"]
 
 STATE_FILE = "state.pt"
 POINTS_KEY = "points_json"  # a path trial's last report: its points' metrics, as JSON
+# a path trial's report at each point it measured: the stages trained so far (a scheduler's rungs
+# in a path search are stages: search.space.rung_unit)
+STAGES_KEY = "stages_done"
 EPOCH_FILE = "epoch.json"  # {"epoch": k}: which of a trial's checkpoints is newest, without loading them
 
 
@@ -54,6 +57,8 @@ def train_trial(config: dict[str, Any], checkpoint_every_s: float = 0.0, import_
         metrics = {k: v for k, v in epoch.metrics.items()
                    if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
         metrics["final"] = 1.0 if epoch.final else 0.0
+        if epoch.result is not None and "point" in epoch.metrics:
+            metrics[STAGES_KEY] = int(epoch.metrics["point"]) + 1
         if epoch.final and epoch.metrics.get("points"):  # a path: what the searcher is told about (samplers.py)
             metrics[POINTS_KEY] = json.dumps(epoch.metrics["points"])
         if epoch.result is None and time.monotonic() - last_checkpoint < checkpoint_every_s:

@@ -93,3 +93,34 @@ def test_a_path_search_records_every_point_as_a_candidate(ray_session, tmp_path,
     rerun = json.loads((tmp_path / "rerun/result.json").read_text())
     for key in ("test_accuracy", "val_accuracy", "params_compact", "flops_compact"):
         assert rerun[key] == point.data.metrics[key], key
+
+
+def test_a_path_trial_stopped_by_the_scheduler_keeps_the_points_it_measured(tmp_path):
+    """MO-ASHA (or ASHA) stops a path trial at a stage: the trial's run is PRUNED, never a row,
+    but every point it measured before that stays a complete frontier candidate, across a fresh
+    load of the store (what ``frontier`` and a resumed driver read)."""
+    from search.spec import Objective
+    from search.store import candidate_of, load_frontier
+    from search.tracking import Tracker
+
+    objectives = [Objective(metric="val_accuracy", mode="max"), Objective(metric="params_nonzero", mode="min")]
+    uri = f"sqlite:///{tmp_path}/m.db"
+    tracker = Tracker(uri, "paths", "paths-1", objectives, "name: paths\n", {"trials": 2})
+    config = {"data": {"name": "digits"}, "model": {"name": "mlp", "hidden": [8]}, "optim": {"epochs": 1},
+              "regularizer": {"name": "group_lasso", "lam": 0.01}, "path": {"targets": [0.3, 0.6, 0.9]}}
+    run = tracker.run_for("t1", "group_lasso_t1", "group_lasso", config)
+    for k, (acc, params) in enumerate([(0.95, 700), (0.93, 400)]):
+        tracker.point(run, "t1", {"point": k, "target": [0.3, 0.6][k], "epoch": 2 * (k + 1),
+                                  "val_accuracy": acc, "params_nonzero": params}, None)
+    tracker.pruned(run, 4)  # stopped at stage 2, before its third point
+    other = tracker.run_for("t2", "group_lasso_t2", "group_lasso", config)
+    tracker.point(other, "t2", {"point": 0, "target": 0.3, "epoch": 2, "val_accuracy": 0.5, "params_nonzero": 800},
+                  None)
+    client = MlflowClient(uri)
+    frontier = load_frontier(tracker.reader, tracker.experiment_id, tracker.parent_id, objectives)
+    assert sorted(r["candidate"] for r in frontier.rows) == sorted(
+        [candidate_of("t1", 0), candidate_of("t1", 1), candidate_of("t2", 0)])
+    on = {r["candidate"] for r, m in zip(frontier.rows, frontier.mask) if m}
+    assert on == {candidate_of("t1", 0), candidate_of("t1", 1)}  # t2's point is dominated
+    assert client.get_run(run).info.status == "KILLED"
+    assert client.get_run(run).data.tags[f"{TAG}.state"] == "pruned"

@@ -115,3 +115,44 @@ def test_bad_settings_name_field_and_value(kwargs, message):
         MOASHAScheduler(ACC_PARAMS, **kwargs)
     with pytest.raises(ValueError, match="mode must be 'max' or 'min'"):
         MOASHAScheduler([("val_accuracy", "up")], max_t=5)
+
+
+def test_in_a_path_search_rungs_are_stages_and_points_are_ranked_by_the_objectives():
+    """``time_attr=stages_done, per_epoch=False`` (``make_scheduler`` for a path search): the epochs
+    inside a stage carry no ``stages_done`` and decide nothing; a point is ranked at its stage by
+    the final objectives themselves."""
+    s = MOASHAScheduler([("val_accuracy", "max"), ("params_nonzero", "min")], max_t=5, grace_period=1,
+                        reduction_factor=2, time_attr="stages_done", per_epoch=False)
+    assert s.milestones == [1, 2, 4]
+
+    def say(trial, **metrics):
+        return s.on_trial_result(None, SimpleNamespace(trial_id=trial), metrics)
+
+    assert say("a", epoch=1, val_accuracy=0.1, weights_nonzero=1) == CONTINUE  # inside a stage
+    assert say("a", epoch=3, stages_done=1, val_accuracy=0.90, params_nonzero=100) == CONTINUE
+    # an epoch with a worse per-epoch value than a's point: not a point, so never a stop
+    assert say("b", epoch=2, val_accuracy=0.1, weights_nonzero=500) == CONTINUE
+    assert say("b", epoch=3, stages_done=1, val_accuracy=0.80, params_nonzero=200) == STOP  # dominated
+    assert say("c", epoch=3, stages_done=1, val_accuracy=0.95, params_nonzero=300) == CONTINUE  # a trade-off
+    assert sorted(s.recorded[1]) == ["a", "b", "c"] and not s.recorded[2]
+    assert "stage 1: 3 trials" in s.debug_string()
+
+
+def test_make_scheduler_counts_stages_for_a_path_spec():
+    from ray.tune.schedulers import ASHAScheduler
+
+    from search.schedulers import make_scheduler
+    from search.spec import SearchSpec
+
+    base = {"name": "p", "base": {"data": {"name": "digits"}, "model": {"name": "mlp", "hidden": [8]},
+                                   "optim": {"epochs": 2}, "path": {"targets": [0.3, 0.6, 0.8], "finetune_epochs": 1}},
+            "regularizers": {"group_lasso": {"lam": {"type": "loguniform", "low": 1e-3, "high": 1e-1}}},
+            "trials": 4}
+    moasha = make_scheduler(SearchSpec.model_validate({**base, "scheduler": {"type": "moasha"}}))
+    assert (moasha._time_attr, moasha._max_t, moasha.milestones) == ("stages_done", 3, [1])
+    assert moasha._metrics == ["val_accuracy", "params_nonzero", "flops_compact"]  # the objectives themselves
+    asha = make_scheduler(SearchSpec.model_validate({**base, "scheduler": {"type": "asha"}}))
+    assert isinstance(asha, ASHAScheduler) and asha._time_attr == "stages_done" and asha._max_t == 3
+    plain = make_scheduler(SearchSpec.model_validate({**base, "base": {**base["base"], "path": None},
+                                                      "scheduler": {"type": "moasha"}}))
+    assert plain._time_attr == "epoch" and plain._max_t == 2

@@ -100,6 +100,14 @@ BAD = [
     ("asha max_t", lambda d: d.update(scheduler={"type": "asha", "max_t": 3}), "`max_t` is for moasha"),
     ("grace period not below epochs", lambda d: d.update(scheduler={"type": "moasha", "grace_period": 50}),
      "scheduler.grace_period: must be below the trials' epochs"),
+    ("scheduler over path and plain trials", lambda d: (
+        d.update(scheduler={"type": "moasha"}),
+        [d["regularizers"][f].update({"path/targets": [0.5, 0.8]}) for f in ("cges", "growl", "group_lasso")]),
+     "scheduler: rungs are epochs for plain trials and stages for path trials"),
+    ("grace period not below the path's stages", lambda d: (
+        d["base"].update(path={"targets": [0.5, 0.8]}), d["regularizers"].pop("l1"),
+        d.update(scheduler={"type": "moasha", "grace_period": 2})),
+     "scheduler.grace_period: must be below the trials' path stages (2)"),
     ("family knob in base", lambda d: d["base"].update(regularizer={"lam": 0.1}),
      "base.regularizer.lam: set per family under `regularizers`"),
     ("negative gpu", lambda d: d.update(resources={"cpu": 1, "gpu": -1}), "resources"),

@@ -639,3 +639,30 @@ def test_the_final_checkpoint_found_after_a_kill_is_whole_and_the_runs_end(tmp_p
     plain = checkpoint(5, json.dumps({"val_accuracy": 0.7, "history": []}))  # a run without a path
     assert callback._final_checkpoint("abc12_00000") == plain
     assert callback._final_checkpoint("other_00001") is None
+
+
+def test_a_path_search_eta_counts_the_stages_left(tmp_path, monkeypatch):
+    """With paths, the ETA is the mean stage (time between a trial's points, or from its start)
+    times the stages left: the running trials' own and a whole path per trial not started."""
+    import search.callbacks as tune_module
+
+    clock = _Clock()
+    monkeypatch.setattr(tune_module, "time", clock)
+    tracker = Tracker(f"sqlite:///{tmp_path}/m.db", "exp", "exp-1", OBJECTIVES, "name: exp\n", {"trials": 3})
+    callback = tune_module.TrackingCallback(tracker, total=3, concurrency=1, quiet=True)
+    trial = _Trial("A", 2, tmp_path)
+    trial.config["path"] = {"targets": [0.3, 0.6, 0.9]}
+    callback.on_trial_start(0, [trial], trial)
+    assert callback._eta() == ""  # nothing finished, no stage measured
+
+    def point(seconds, k):
+        clock.now += seconds
+        callback.on_trial_result(0, [trial], trial, {"epoch": 2 * k, "final": 0.0, "val_accuracy": 0.9,
+                                                     "point": k - 1, "stages_done": k})
+
+    point(10.0, 1)
+    assert callback._eta() == " | ETA 1m20s"  # 10 s × (2 of A's + 3 + 3 for the two waiting)
+    clock.now += 5.0
+    callback.on_trial_result(0, [trial], trial, {"epoch": 3, "final": 0.0, "val_accuracy": 0.9})  # mid-stage
+    point(25.0, 2)
+    assert callback._eta() == " | ETA 2m20s"  # mean of 10 s and 30 s, × 7 stages

@@ -1,4 +1,7 @@
-"""The one config tree: ``TrialConfig`` = data, model, optim, regularizer, tying, seed.
+"""The one config tree: ``TrialConfig`` = data, model, optim, regularizer, tying, path, seed.
+
+(Over 400 lines on purpose: the tree and the checks that link its sections — a path with its
+regularizer, a schedule with its layers — are one schema, read in one place.)
 
 Pydantic models, frozen, strict (no bool-as-number, no string-as-number) and closed (an unknown
 key is an error that lists the valid fields). ``TrialConfig.from_dict(d)`` raises

@@ -1,5 +1,8 @@
 """Families: one pydantic model per choice, registered beside its implementation.
 
+(Over 400 lines on purpose: the base class of every family kind and its registry live together,
+so a new dataset, model, regularizer, optimizer or schedule reads one file to learn the contract.)
+
 A *family* is one choice of a config section that is picked by name: a dataset source
 (``data.name``), a model (``model.name``), a regularizer (``regularizer.name``), an optimizer
 (``optim.name``) and a learning-rate schedule (``optim.lr_schedule``). Each family is one class,

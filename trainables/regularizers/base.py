@@ -1,5 +1,8 @@
 """The regularizer interface, the registry, and the per-layer plan built from a config.
 
+(Over 400 lines on purpose: the interface a family implements and the plan that calls it —
+layers, groups, schedules — change together.)
+
 A regularizer family is two classes in one module: its parameters (a
 :class:`~trainables.families.RegularizerConfig` subclass with a ``name`` literal) and its
 implementation (a :class:`Regularizer` subclass, built per layer from those parameters), joined by
