@@ -87,6 +87,37 @@ class _Renumbered:
         return getattr(self._trial, name)
 
 
+def draw_curves(files: list[Path], out: Path) -> None:
+    """Hypervolume after each recorded point against the epochs trained so far, one line per
+    result file (its seed and what MO-TPE was told), and §7's search (3,200 epochs, 0.9298)."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for f in files:
+        d = json.loads(f.read_text())
+        curve = d["curve"]
+        seed = d["args"].get("seed")
+        ax.plot([c["epochs"] for c in curve], [c["hypervolume"] for c in curve], drawstyle="steps-post",
+                label=f"paths, seed {0 if seed is None else seed}, told {d.get('tell', 'best')}")
+    ax.scatter([3200], [0.9298], color="black", zorder=3, label="§7 from scratch (MO-ASHA), its end")
+    ax.axhline(0.9298, color="black", lw=0.6, ls=":")
+    ax.axvline(800, color="grey", lw=0.6, ls="--", label="25% of §7's epochs")
+    ax.set_xscale("log")
+    ax.set_xlabel("epochs trained (the start's included)")
+    ax.set_ylabel("hypervolume (val acc, unique params, FLOPs)")
+    ax.set_ylim(0.85, 0.95)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("MNIST-10k: sparsity paths from a shared start")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130, bbox_inches="tight")
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser, repeats=1)
@@ -100,7 +131,13 @@ def main() -> None:
                              "(what sparsetune does), or every point (the others added as trials of the same "
                              "parameters; measured here only)")
     parser.add_argument("--no-figure", action="store_true", help="do not redraw bench/figures/mnist10k_paths_flops.png")
+    parser.add_argument("--curves", type=Path, nargs="+", default=None,
+                        help="no search: draw the hypervolume against the epochs trained of these result files "
+                             "(bench/figures/mnist10k_paths_hv.png) beside §7's end point")
     args = parser.parse_args()
+    if args.curves:
+        draw_curves(args.curves, ROOT / "bench/figures/mnist10k_paths_hv.png")
+        return
     if args.tell == "every":
         tell_every_point()
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="paths-"))

@@ -124,3 +124,47 @@ def test_a_path_trial_stopped_by_the_scheduler_keeps_the_points_it_measured(tmp_
     assert on == {candidate_of("t1", 0), candidate_of("t1", 1)}  # t2's point is dominated
     assert client.get_run(run).info.status == "KILLED"
     assert client.get_run(run).data.tags[f"{TAG}.state"] == "pruned"
+
+
+def test_mo_asha_ranks_path_trials_at_their_points_and_a_stopped_one_keeps_them(ray_session, tmp_path):
+    """MO-ASHA in a path search: rungs are stages. Every trial measures its first point; one the
+    scheduler stops there is PRUNED in MLflow and Optuna but keeps that point as a candidate; one
+    it lets go measures every point. (Which trials stop depends on their values: the assertions
+    hold either way.)"""
+    import optuna
+
+    spec_dict = {
+        "name": "paths-moasha",
+        "base": {"device": "cpu", "data": {"name": "digits"}, "model": {"name": "mlp", "hidden": [16]},
+                 "optim": {"epochs": 1, "lr": 0.1}, "path": {"targets": [0.3, 0.6], "finetune_epochs": 0}},
+        "regularizers": {"magnitude": {"every": 5}},
+        "space": {"optim/lr": {"type": "loguniform", "low": 0.01, "high": 0.3}},
+        "objectives": [{"metric": "val_accuracy", "mode": "max"}],
+        "scheduler": {"type": "moasha", "grace_period": 1, "reduction_factor": 100},
+        "trials": 4, "concurrency": 1, "seed": 0,
+        "storage": str(tmp_path / "ray"), "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+    }
+    spec = SearchSpec.model_validate(spec_dict)
+    validate_spec(spec)
+    outcome = run_search(spec, yaml.safe_dump(spec_dict), quiet=True)
+    assert outcome.complete
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name("paths-moasha")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parent = next(r for r in runs if r.data.tags.get(f"{TAG}.kind") == "search")
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    points = [r for r in runs if r.data.tags.get(f"{TAG}.search_parent") == parent.info.run_id]
+    assert len(trials) == 4
+    study = optuna.load_study(study_name=outcome.search_id, storage=outcome.optuna_storage)
+    told = {t.user_attrs["ray_trial_id"]: t.state.name for t in study.trials}
+    for t in trials:
+        tid, state = t.data.tags[f"{TAG}.trial_id"], t.data.tags[f"{TAG}.state"]
+        mine = sorted(int(p.data.tags[f"{TAG}.point"]) for p in points if p.data.tags[f"{TAG}.trial_id"] == tid)
+        assert state in ("complete", "pruned")
+        # stopped at its first rung (stage 1): its first point only; else both
+        assert mine == ([0] if state == "pruned" else [0, 1]), (tid, state, mine)
+        assert told[tid] == ("PRUNED" if state == "pruned" else "COMPLETE")
+        history = client.get_metric_history(t.info.run_id, "stages_done")
+        assert [int(m.value) for m in history] == [k + 1 for k in mine]  # reported at each point
+    assert {r["candidate"] for r in outcome.frontier.rows} == {
+        f"{p.data.tags[f'{TAG}.trial_id']}/p{int(p.data.tags[f'{TAG}.point']):03d}" for p in points}
