@@ -53,7 +53,7 @@ from bench.common import (
 from trainables.groups import to_groups
 from trainables.prox import (
     _check_owl_weights,
-    _growl_prox_unchecked,
+    growl_prox_unchecked,
     _owl_magnitudes,
     _row_norms,
     cges_step,
@@ -107,7 +107,7 @@ def _prox_fns(W: torch.Tensor) -> dict[str, Callable[[], torch.Tensor]]:
         "cges_step": lambda: cges_step(W, g, e),
         "cges_exact": lambda: prox_exclusive_lasso(prox_group_lasso(W, g), e),
         "growl": lambda: prox_growl(W, lam),  # public: validates lam (a CPU copy) every call
-        "growl_unchecked": lambda: _growl_prox_unchecked(W, lam),  # what the regularizer runs
+        "growl_unchecked": lambda: growl_prox_unchecked(W, lam),  # what the regularizer runs
         # the one-shot exclusive threshold alone (cges_step without its group step)
         "oneshot_exclusive": lambda: _oneshot(W, e),
     }
@@ -162,7 +162,7 @@ def bench_prox(args, device, dtype, repeats) -> tuple[list[dict], list[dict]]:
 
 def growl_parts(n: int, row_len: int, device, dtype, repeats: int) -> dict:
     """Section 3: one GrOWL prox on an n x row_len matrix, total and split into the steps of
-    ``trainables.prox._growl_prox_unchecked`` (row norms on the device; the n norms to the CPU;
+    ``trainables.prox.growl_prox_unchecked`` (row norms on the device; the n norms to the CPU;
     numpy argsort, SciPy's PAVA and the unsort there; back to the device and rescale the rows)."""
     gen = torch.Generator().manual_seed(n)
     W = (torch.randn(n, row_len, generator=gen, dtype=dtype) / math.sqrt(row_len)).to(device)
@@ -193,7 +193,7 @@ def growl_parts(n: int, row_len: int, device, dtype, repeats: int) -> dict:
     out = {
         "n": n,
         "row_len": row_len,
-        "total": t(lambda: _growl_prox_unchecked(W, lam)),
+        "total": t(lambda: growl_prox_unchecked(W, lam)),
         "checks": t(lambda: _check_owl_weights(lam, n)),  # the extra cost of the public prox_growl
         "row_norms": t(lambda: _row_norms(W).squeeze(1)),
         "to_cpu": t(lambda: (norms.detach().abs().cpu().numpy().astype(np.float64),

@@ -88,12 +88,12 @@ def prepare_stores(tracking_uri: str, optuna_url: str, experiment: str) -> None:
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from .tracking import _artifact_location
+    from .tracking import experiment_artifact_location
 
     with store_lock(tracking_uri, optuna_url):
         client = MlflowClient(tracking_uri)
         if client.get_experiment_by_name(experiment) is None:  # creates the store's tables first
-            client.create_experiment(experiment, _artifact_location(tracking_uri, experiment))
+            client.create_experiment(experiment, experiment_artifact_location(tracking_uri, experiment))
         optuna.storages.RDBStorage(optuna_url)  # creates (or checks) its tables
 
 

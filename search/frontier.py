@@ -39,7 +39,7 @@ class Objective(BaseModel):
 
     @field_validator("reference")
     @classmethod
-    def _finite(cls, v: float | None) -> float | None:
+    def check_finite(cls, v: float | None) -> float | None:
         if v is not None and not math.isfinite(v):
             raise ValueError("the hypervolume reference must be finite")
         return v

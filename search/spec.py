@@ -37,8 +37,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainables.config import REGULARIZER_PARAMS, ConfigError, TrialConfig, FieldError, _from_validation_error, flatten
-from trainables.configbase import _Strict as _ClosedConfig
+from trainables.config import REGULARIZER_PARAMS, ConfigError, TrialConfig, FieldError, from_validation_error, flatten
+from trainables.configbase import StrictModel as _ClosedConfig
 from trainables.schema import DENSE_REFERENCE, EPOCH_COUNTERPART, EPOCH_METRICS, RESULT_METRICS
 from trainables.yamlio import load_yaml
 
@@ -72,13 +72,13 @@ class SpecError(ConfigError):
     what = "search spec"
 
 
-class _Strict(_ClosedConfig):
+class StrictModel(_ClosedConfig):
     """Frozen, strict and closed like the trial config: an unknown key lists the valid fields."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=False)
 
 
-class Distribution(_Strict):
+class Distribution(StrictModel):
     type: Literal["loguniform", "uniform", "int", "categorical"]
     low: float | None = None
     high: float | None = None
@@ -120,7 +120,7 @@ class Distribution(_Strict):
         return [self.low, self.high]
 
 
-class Resources(_Strict):
+class Resources(StrictModel):
     cpu: float = 1.0
     gpu: float = 0.0
 
@@ -133,7 +133,7 @@ class Resources(_Strict):
         return self
 
 
-class Scheduler(_Strict):
+class Scheduler(StrictModel):
     """Early stopping; trials it stops are told to Optuna as PRUNED and never reach the frontier
     (multi-objective Optuna cannot prune; ecosystem.md §1.2).
 
@@ -176,7 +176,7 @@ class Scheduler(_Strict):
         return self
 
 
-class Start(_Strict):
+class Start(StrictModel):
     """A shared dense start (``search/start.py``): the dense network of ``base`` (no regularizer,
     no tying) trained once for ``epochs`` before the trials, each of which then starts from it
     (``model.weights``)."""
@@ -193,7 +193,7 @@ class Start(_Strict):
         return self
 
 
-class SearchSpec(_Strict):
+class SearchSpec(StrictModel):
     name: str
     base: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, Distribution | Any] = Field(default_factory=dict)
@@ -287,7 +287,7 @@ def _parse_entries(value: Any, prefix: str = "") -> Any:
             try:
                 out[key] = Distribution.model_validate(entry)
             except ValidationError as e:
-                err = _from_validation_error(e)
+                err = from_validation_error(e)
                 path, msg, _ = err.problems[0]
                 raise FieldError(prefix + str(key), f"{path + ': ' if path else ''}{msg}", entry) from None
         elif isinstance(entry, dict) and not prefix and not ({"first", "last"} & set(entry)):
@@ -333,7 +333,7 @@ def load_spec(path: str | Path, *, trials: int | None = None) -> SearchSpec:
     try:
         spec = SearchSpec.model_validate(raw)
     except ValidationError as e:
-        err = _from_validation_error(e, source=source)
+        err = from_validation_error(e, source=source)
         raise SpecError(err.problems, source) from None
     validate_spec(spec, source)
     return resolve_paths(spec)

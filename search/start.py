@@ -125,12 +125,12 @@ def train_on_ray(spec: Any, config: dict[str, Any], out: Path) -> None:
 
     import ray
 
-    from .trainable import _import_paths
+    from .trainable import driver_import_paths
 
     task = ray.remote(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu,
                       max_retries=spec.max_failures)(_train)
     try:  # as many torch threads as the spec gives a trial
-        ray.get(task.remote(config, str(out), _import_paths(), max(1, math.floor(spec.resources.cpu))))
+        ray.get(task.remote(config, str(out), driver_import_paths(), max(1, math.floor(spec.resources.cpu))))
     except ray.exceptions.RayTaskError as e:
         cause = str(e.cause) if getattr(e, "cause", None) is not None else str(e).strip().splitlines()[-1]
         raise RuntimeError(f"the search's start (the dense network of base, {spec.start.epochs} epochs) "

@@ -65,7 +65,7 @@ def _epoch_scalars(result: dict):
     return [(k, v) for k, v in result.items() if k not in _NOT_METRICS and _numeric(v) and "/" not in k]
 
 
-def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
+def experiment_artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """A SQLite store keeps its artifacts beside the database file (not in the working directory);
     a tracking server decides for itself (``--artifacts-destination``)."""
     if tracking_uri.startswith("sqlite:///"):
@@ -157,7 +157,7 @@ class Tracker:
     def _find_or_create_parent(self) -> str:
         exp_id, run = self.reader.find_search(self.experiment, self.search_id)
         if exp_id is None:
-            self._experiment_id = self.client.create_experiment(self.experiment, _artifact_location(
+            self._experiment_id = self.client.create_experiment(self.experiment, experiment_artifact_location(
                 self.tracking_uri, self.experiment))
         else:
             self._experiment_id = exp_id

@@ -161,11 +161,11 @@ def _one_line(e: BaseException) -> str:
 def make_trainable(spec: SearchSpec):
     """``train_trial`` with the spec's checkpoint period and resources, as Tune runs it."""
     trainable = tune.with_parameters(train_trial, checkpoint_every_s=spec.checkpoint_every_s,
-                                     import_paths=_import_paths())
+                                     import_paths=driver_import_paths())
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
-def _import_paths() -> tuple[str, ...]:
+def driver_import_paths() -> tuple[str, ...]:
     """Where the driver imports a user's modules from: its current directory, then PYTHONPATH.
     Ray workers start elsewhere (and trials run in their own directories), so a trial puts these on
     its ``sys.path``; on a cluster the code travels with ``ray job submit --working-dir``."""

@@ -65,7 +65,7 @@ def _images(rng: np.random.Generator, n: int, h: int = 5, w: int = 5) -> np.ndar
 @pytest.mark.parametrize("test_split", ["last", "random"])
 def test_split_indices_partition(test_split):
     cfg = _cfg(name="arrays", path="/x.npz", test_fraction=0.2, val_fraction=0.1, test_split=test_split)
-    train, val, test = D._split_indices(103, cfg, official_test=False)
+    train, val, test = D.split_indices(103, cfg, official_test=False)
     assert len(test) == math.ceil(0.2 * 103) == 21
     assert len(val) == math.ceil(0.1 * 82) == 9
     assert len(train) == 73

@@ -39,7 +39,7 @@ def test_image_folder_flat_layout_is_split_and_normalised_with_train_statistics(
     assert ds.preprocessing["scale"] == 255.0
     assert ds.preprocessing["image"] == {"grayscale": False, "resize": None, "center_crop": None}
     # the recorded statistics are the training split's, per channel, of the pixels / 255
-    train_i, _, test_i = D._split_indices(30, cfg, official_test=False)
+    train_i, _, test_i = D.split_indices(30, cfg, official_test=False)
     files = sorted(tmp_path.rglob("*.png"), key=lambda p: (p.parent.name, p.name))
     pixels = np.stack([np.asarray(Image.open(files[i]), dtype=np.float64) / 255 for i in train_i])
     np.testing.assert_allclose(ds.preprocessing["mean"], pixels.mean(axis=(0, 1, 2)), rtol=1e-6)
@@ -86,7 +86,7 @@ def test_image_folder_transforms(tmp_path):
     expected = T.Compose([T.Grayscale(1), T.Resize([10, 14]), T.CenterCrop(6), T.ToTensor(),
                           T.Normalize([0.5], [0.25])])(Image.open(path).convert("RGB"))
     X, y = _tensor_of(ds, "train")
-    train_i, val_i, test_i = D._split_indices(12, cfg, official_test=False)
+    train_i, val_i, test_i = D.split_indices(12, cfg, official_test=False)
     where = {int(i): k for k, i in enumerate(train_i)}
     if 0 in where:
         torch.testing.assert_close(X[where[0]], expected)

@@ -13,7 +13,7 @@ import torch
 from search.cli import main
 from trainables import TrialConfig, fit, save_run
 from trainables.compact import load_compact
-from trainables.data import _split_indices, prepare
+from trainables.data import split_indices, prepare
 from trainables.deploy import load_run
 
 from user_data import CLASSES, FACTORY, write_images
@@ -74,7 +74,7 @@ def test_model_file_records_the_preprocessing(csv_run):
 
 def test_predict_on_the_raw_test_rows_reproduces_test_accuracy(csv_run, capsys):
     tmp, cfg, result, header, rows = csv_run
-    _, _, test_i = _split_indices(len(rows), cfg.data, official_test=False)
+    _, _, test_i = split_indices(len(rows), cfg.data, official_test=False)
     # the raw test rows, columns in another order (predict matches them by name)
     order = [header.index("label"), *reversed([i for i, h in enumerate(header) if h != "label"])]
     with open(tmp / "test.csv", "w", newline="") as f:
@@ -223,7 +223,7 @@ def test_a_run_trained_on_the_gpu_predicts_on_the_cpu(csv_run, tmp_path, capsys)
     result = fit(cfg.replace(device="cuda"))
     assert result.metrics["compaction"] == "graph"
     save_run(result, tmp_path / "run")
-    _, _, test_i = _split_indices(len(rows), cfg.data, official_test=False)
+    _, _, test_i = split_indices(len(rows), cfg.data, official_test=False)
     with open(tmp_path / "test.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *(rows[i] for i in test_i)])
     assert main(["predict", str(tmp_path / "run"), str(tmp_path / "test.csv"), "--out", str(tmp_path / "p.csv")]) == 0

@@ -36,17 +36,17 @@ from pydantic import Field, ValidationError, create_model, field_validator, mode
 # Importing the family packages registers the built-in families (before the unions are built).
 from . import datasets, models, optim, regularizers  # noqa: F401
 from .configbase import (  # noqa: F401 (re-exported: the public names of the config tree)
-    _NO_VALUE,
-    _SEED_RANGE,
+    NO_VALUE,
+    SEED_RANGE,
     MAX_SIZE,
     ConfigError,
     Ends,
     FieldError,
     Schedule,
-    _finite,
-    _from_validation_error,
-    _size,
-    _Strict,
+    check_finite,
+    from_validation_error,
+    check_size,
+    StrictModel,
     choices,
     resolve_schedule,
 )
@@ -96,7 +96,7 @@ ModelUnion = MODELS.union()
 RegularizerUnion = REGULARIZERS.union()
 
 
-class _OptimBase(_Strict):
+class _OptimBase(StrictModel):
     """Optimizer and schedule. ``weight_decay`` is the papers' "+l2": ordinary weight decay in the
     gradient of every parameter, separate from the proximal regularizer.
 
@@ -143,18 +143,18 @@ class _OptimBase(_Strict):
             try:
                 chosen = family.model_validate({"name": name, **own})
             except ValidationError as e:
-                path, msg, value = _from_validation_error(e).problems[0]
+                path, msg, value = from_validation_error(e).problems[0]
                 raise FieldError(path, msg, value) from None
             out.update(chosen.model_dump(exclude={"name"}))  # the family's defaults, filled in
         return out
 
     @model_validator(mode="after")
     def _check(self) -> _OptimBase:
-        _finite(self.lr, "lr", 0, lo_open=True)
-        _finite(self.weight_decay, "weight_decay", 0)
+        check_finite(self.lr, "lr", 0, lo_open=True)
+        check_finite(self.weight_decay, "weight_decay", 0)
         if self.epochs < 0:
             raise FieldError("epochs", "`epochs >= 0` must hold (0: evaluate the weights as given)", self.epochs)
-        _size(self.batch_size, "batch_size")
+        check_size(self.batch_size, "batch_size")
         return self
 
     @property
@@ -186,7 +186,7 @@ OptimConfig = create_model("OptimConfig", __base__=_OptimBase, __module__=__name
                            __doc__=_OptimBase.__doc__, **_flat_fields())
 
 
-class TyingConfig(_Strict):
+class TyingConfig(StrictModel):
     """GrOWL's second stage: cluster the rows of each regularized layer by affinity propagation
     on the similarity of GrOWL Eq. 10, then retrain with each cluster's rows tied to their mean."""
 
@@ -213,8 +213,8 @@ class TyingConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TyingConfig:
-        _finite(self.preference, "preference")
-        _finite(self.damping, "damping", 0.5, 1, hi_open=True)
+        check_finite(self.preference, "preference")
+        check_finite(self.damping, "damping", 0.5, 1, hi_open=True)
         if self.max_iter < 1:
             raise FieldError("max_iter", "`max_iter >= 1` must hold", self.max_iter)
         scaled = math.ceil(self.convergence_iter * 0.5 / (1 - self.damping) - 1e-9)
@@ -227,12 +227,12 @@ class TyingConfig(_Strict):
         if self.retrain_epochs < 0:
             raise FieldError("retrain_epochs", "`retrain_epochs >= 0` must hold", self.retrain_epochs)
         if self.retrain_lr is not None:
-            _finite(self.retrain_lr, "retrain_lr", 0, lo_open=True)
-        _finite(self.max_cluster_ratio, "max_cluster_ratio", 0, 1, lo_open=True)
+            check_finite(self.retrain_lr, "retrain_lr", 0, lo_open=True)
+        check_finite(self.max_cluster_ratio, "max_cluster_ratio", 0, 1, lo_open=True)
         return self
 
 
-class PathConfig(_Strict):
+class PathConfig(StrictModel):
     """A sparsity path: one run walks ``targets`` in order, each stage regularizing (or pruning)
     from the previous target to the next in ``epochs`` epochs, then fine-tuning ``finetune_epochs``
     epochs with the zeroed groups masked (and tying, if on), then measuring the point: compacted,
@@ -256,7 +256,7 @@ class PathConfig(_Strict):
         if not self.targets:
             raise FieldError("targets", "at least one target", self.targets)
         for i, t in enumerate(self.targets):
-            _finite(t, f"targets[{i}]", 0, 1, lo_open=True, hi_open=True)
+            check_finite(t, f"targets[{i}]", 0, 1, lo_open=True, hi_open=True)
             if i and t <= self.targets[i - 1]:
                 raise FieldError("targets", f"targets must be strictly increasing (targets[{i}] = {t} after "
                                             f"{self.targets[i - 1]})", self.targets)
@@ -265,7 +265,7 @@ class PathConfig(_Strict):
         if self.finetune_epochs < 0:
             raise FieldError("finetune_epochs", "`finetune_epochs >= 0` must hold", self.finetune_epochs)
         if self.finetune_lr is not None:
-            _finite(self.finetune_lr, "finetune_lr", 0, lo_open=True)
+            check_finite(self.finetune_lr, "finetune_lr", 0, lo_open=True)
         return self
 
     @property
@@ -278,7 +278,7 @@ class PathConfig(_Strict):
         return self.model_copy(update={"targets": list(self.targets[:points])})
 
 
-class TrialConfig(_Strict):
+class TrialConfig(StrictModel):
     """Everything one training run depends on."""
 
     seed: int = Field(0, description="the trial's seed: initialisation, batch order, augmentation "
@@ -304,7 +304,7 @@ class TrialConfig(_Strict):
     @field_validator("seed")
     @classmethod
     def _seed(cls, v: int) -> int:
-        lo, hi = _SEED_RANGE
+        lo, hi = SEED_RANGE
         if not lo <= v <= hi:
             raise ValueError("`-2**63 <= seed < 2**64` must hold (torch.manual_seed's range)")
         return v
@@ -377,14 +377,14 @@ class TrialConfig(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise _from_validation_error(e, source=source) from None
+            raise from_validation_error(e, source=source) from None
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> TrialConfig:
         data = load_yaml(path)
         if data is None:  # an empty file (or only comments): surely not what was meant
             raise ConfigError([("", "the file is empty: a config must be a mapping of sections "
-                                    "(write {} for every default)", _NO_VALUE)], str(path))
+                                    "(write {} for every default)", NO_VALUE)], str(path))
         if isinstance(data, dict):
             for item in overrides or []:
                 key, value = parse_override(item)

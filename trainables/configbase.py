@@ -1,7 +1,7 @@
 """Validation primitives shared by the config tree and every family declaration.
 
 :class:`ConfigError` (the one error type for bad configuration, naming field path and value),
-:func:`_from_validation_error` (pydantic's errors turned into those messages), the strict base
+:func:`from_validation_error` (pydantic's errors turned into those messages), the strict base
 model, range checks, and the depth schedules (``Ends``, ``Schedule``, ``resolve_schedule``).
 This module imports only pydantic: family modules (models, datasets, regularizers, optimizers)
 import it to declare their parameters, and :mod:`trainables.config` joins those declarations.
@@ -25,13 +25,13 @@ class ConfigError(ValueError):
 
     def __init__(self, problems: list[tuple[str, str, Any]] | str, source: str | None = None):
         if isinstance(problems, str):
-            problems = [("", problems, _NO_VALUE)]
+            problems = [("", problems, NO_VALUE)]
         self.problems = problems
         self.source = source
         lines = []
         for path, msg, value in problems:
             where = f"{path}: " if path else ""
-            got = "" if value is _NO_VALUE else f" (got {_show(value)})"
+            got = "" if value is NO_VALUE else f" (got {_show(value)})"
             lines.append(f"{where}{msg}{got}")
         head = f"invalid {self.what} {source}" if source else f"invalid {self.what}"
         self._args = (problems, source)
@@ -53,11 +53,11 @@ class _NoValue:
     def __repr__(self) -> str:
         return "<none>"
 
-    def __reduce__(self) -> str:  # one instance, also after pickling (``value is _NO_VALUE``)
-        return "_NO_VALUE"
+    def __reduce__(self) -> str:  # one instance, also after pickling (``value is NO_VALUE``)
+        return "NO_VALUE"
 
 
-_NO_VALUE = _NoValue()
+NO_VALUE = _NoValue()
 
 
 _SHORT_REPR = reprlib.Repr()
@@ -91,7 +91,7 @@ def _small(value: Any, budget: int = 200) -> bool:
 class FieldError(ValueError):
     """Raised by validators: names the field (relative to the model) and the offending value."""
 
-    def __init__(self, field: str, msg: str, value: Any = _NO_VALUE):
+    def __init__(self, field: str, msg: str, value: Any = NO_VALUE):
         super().__init__(msg)
         self.field, self.msg, self.value = field, msg, value
 
@@ -104,7 +104,7 @@ _KIND_WORDS = {"float": "a number", "int": "an integer", "str": "a string", "boo
                "list[union[int,str]]": "a list of layer indices or names"}
 
 
-def _from_validation_error(e: ValidationError, prefix: str = "", source: str | None = None) -> ConfigError:
+def from_validation_error(e: ValidationError, prefix: str = "", source: str | None = None) -> ConfigError:
     """One line per bad field; union alternatives are merged into one message."""
     problems: dict[str, tuple[str, Any]] = {}
     unions: dict[str, tuple[list[str], Any]] = {}
@@ -112,7 +112,7 @@ def _from_validation_error(e: ValidationError, prefix: str = "", source: str | N
         loc = [str(p) for p in err["loc"] if str(p) not in UNION_TAGS]  # a family's tag is no field
         if err["type"] == "union_tag_invalid":  # an unknown family name: list the registered ones
             names = [t.split(":", 1)[1] for t in re.findall(r"'([^']*)'", err["ctx"]["expected_tags"])]
-            given = err["input"].get("name", _NO_VALUE) if isinstance(err["input"], dict) else err["input"]
+            given = err["input"].get("name", NO_VALUE) if isinstance(err["input"], dict) else err["input"]
             path = ".".join(([prefix] if prefix else []) + loc + ["name"])
             problems.setdefault(path, (f"Input should be {choices(names)}", given))
             continue
@@ -122,7 +122,7 @@ def _from_validation_error(e: ValidationError, prefix: str = "", source: str | N
         tags = [p for p in loc if p in _KIND_WORDS or p.startswith(("literal[", "list[", "function-"))]
         loc = [p for p in loc if p not in tags]
         path = ".".join(([prefix] if prefix else []) + loc)
-        value = err.get("input", _NO_VALUE)
+        value = err.get("input", NO_VALUE)
         msg = err["msg"]
         exc = (err.get("ctx") or {}).get("error")
         if isinstance(exc, FieldError):
@@ -135,7 +135,7 @@ def _from_validation_error(e: ValidationError, prefix: str = "", source: str | N
         elif err["type"] == "model_type" and not tags:  # "a valid dictionary or instance of OptimConfig"
             msg = "expected a mapping of fields"
         elif err["type"] == "missing":
-            msg, value = "required field is missing", _NO_VALUE
+            msg, value = "required field is missing", NO_VALUE
         elif tags and err["type"] not in ("value_error", "assertion_error"):
             kinds, _ = unions.get(path, ([], value))
             word = _KIND_WORDS.get(tags[0]) or tags[0].replace("literal[", "one of [")
@@ -168,7 +168,7 @@ def choices(names: list[str]) -> str:
 UNION_TAGS: set[str] = set()
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     """Frozen, strict (no bool-as-number, no string-as-number) and closed: an unknown key is an
     error that lists the valid fields."""
 
@@ -188,7 +188,7 @@ class _Strict(BaseModel):
         return data
 
 
-def _finite(value: float, name: str, lo: float | None = None, hi: float | None = None,
+def check_finite(value: float, name: str, lo: float | None = None, hi: float | None = None,
             lo_open: bool = False, hi_open: bool = False) -> float:
     field = name.split("[")[0]
     if not math.isfinite(value):
@@ -204,10 +204,10 @@ def _finite(value: float, name: str, lo: float | None = None, hi: float | None =
 # anything larger cannot be built (torch sizes are C longs) long before it fits in memory.
 MAX_SIZE = 2**31 - 1
 # torch.manual_seed accepts exactly the 64-bit seeds
-_SEED_RANGE = (-(2**63), 2**64 - 1)
+SEED_RANGE = (-(2**63), 2**64 - 1)
 
 
-def _size(value: int | None, name: str, lo: int = 1) -> None:
+def check_size(value: int | None, name: str, lo: int = 1) -> None:
     if value is not None and value < lo:
         raise FieldError(name, f"`{name} >= {lo}` must hold", value)
     if value is not None and value > MAX_SIZE:
@@ -217,7 +217,7 @@ def _size(value: int | None, name: str, lo: int = 1) -> None:
 # ----------------------------------------------------------------------------- schedules
 
 
-class Ends(_Strict):
+class Ends(StrictModel):
     """A per-layer value linear in depth, from ``first`` (first regularized layer) to ``last``."""
 
     first: float
@@ -249,7 +249,7 @@ def _schedule_values(value: Schedule) -> list[float]:
     return [value]
 
 
-def _check_schedule(value: Schedule | None, name: str, lo: float, hi: float | None = None) -> None:
+def check_schedule(value: Schedule | None, name: str, lo: float, hi: float | None = None) -> None:
     if value is None:
         return
     if isinstance(value, list) and not value:
@@ -257,13 +257,13 @@ def _check_schedule(value: Schedule | None, name: str, lo: float, hi: float | No
     if isinstance(value, Ends):  # name the end that is wrong: mu.last, not all of mu
         for end in ("first", "last"):
             try:
-                _finite(getattr(value, end), name, lo, hi)
+                check_finite(getattr(value, end), name, lo, hi)
             except FieldError as e:
                 raise FieldError(f"{name}.{end}", e.msg, e.value) from None
         return
     for v in _schedule_values(value):
         try:
-            _finite(v, name, lo, hi)
+            check_finite(v, name, lo, hi)
         except FieldError as e:
             raise FieldError(name, e.msg, value) from None
 
@@ -289,7 +289,7 @@ def resolve_schedule(value: Schedule, n_layers: int, name: str) -> list[float]:
 
 
 
-def _absolute_path(v: str | None) -> str | None:
+def absolute_path(v: str | None) -> str | None:
     """A path made absolute from the current directory: Ray moves each trial into its own
     working directory, so a config keeps only absolute paths."""
     if v is None:

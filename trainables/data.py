@@ -45,7 +45,7 @@ import torch.nn.functional as F
 import torch.utils.data as tud
 from pydantic import Field, model_validator
 
-from .configbase import ConfigError, FieldError, _Strict
+from .configbase import ConfigError, FieldError, StrictModel
 from .families import DATASETS, DataConfig
 
 __all__ = ["DataUnavailable", "DataSpec", "Split", "StreamSplit", "Dataset", "Augmentation",
@@ -165,7 +165,7 @@ class Dataset:
     preprocessing: dict = field(default_factory=dict)
 
 
-class NormalizeStats(_Strict):
+class NormalizeStats(StrictModel):
     """Given normalisation statistics: ``(x - mean) / std`` per channel (or per feature)."""
 
     mean: list[float] = Field(description="one value per channel")
@@ -289,8 +289,8 @@ def _count(fraction: float, n: int) -> int:
     return min(n, math.ceil(fraction * n - 1e-9)) if fraction > 0 else 0
 
 
-def _check_split(n: int, cfg: DataConfig, *, official_test: bool, official_val: bool = False) -> None:
-    """What :func:`_split_indices` checks, from the counts alone (``describe`` allocates nothing,
+def check_split(n: int, cfg: DataConfig, *, official_test: bool, official_val: bool = False) -> None:
+    """What :func:`split_indices` checks, from the counts alone (``describe`` allocates nothing,
     so a huge ``n_samples`` is not drawn just to check it)."""
     rest = n - (0 if official_test else _count(cfg.test_fraction, n))
     if rest - (0 if official_val else _count(cfg.val_fraction, rest)) <= 0:
@@ -300,7 +300,7 @@ def _check_split(n: int, cfg: DataConfig, *, official_test: bool, official_val: 
                                    f"(test_fraction={cfg.test_fraction})", value)])
 
 
-def _split_indices(n: int, cfg: DataConfig, *, official_test: bool, official_val: bool = False
+def split_indices(n: int, cfg: DataConfig, *, official_test: bool, official_val: bool = False
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices of (train, val, test) among ``n`` examples (test empty with an official test set,
     val empty with an official validation set).
@@ -322,7 +322,7 @@ def _split_indices(n: int, cfg: DataConfig, *, official_test: bool, official_val
     if cfg.train_subset is not None:
         train = train[:cfg.train_subset]
     if len(train) == 0:
-        _check_split(n, cfg, official_test=official_test, official_val=official_val)
+        check_split(n, cfg, official_test=official_test, official_val=official_val)
     return train, val, test
 
 
@@ -343,7 +343,7 @@ def _broadcast(values: Sequence[float], ndim: int) -> torch.Tensor:
     return torch.tensor(list(values), dtype=torch.float32).reshape((1, -1) + (1,) * (ndim - 2))
 
 
-def _standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+def standardised(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """The one normalisation formula (training, streaming, ``prepare`` and exported models)."""
     return (x - mean) / std
 
@@ -356,7 +356,7 @@ def assemble(X: np.ndarray, y: np.ndarray, cfg: DataConfig, device: torch.device
     """Split ``(X, y)`` (``test``: an official test set), scale, standardise with the training
     split's statistics and place the splits (:func:`_place_tensors`). ``classes``: the original
     label of each class index (default 0..C-1); ``record``: extra preprocessing entries."""
-    train_i, val_i, test_i = _split_indices(len(y), cfg, official_test=test is not None)
+    train_i, val_i, test_i = split_indices(len(y), cfg, official_test=test is not None)
     if test is None:
         test = (X[test_i], y[test_i])
     parts = [(X[train_i], y[train_i]), (X[val_i], y[val_i]), test]
@@ -365,11 +365,11 @@ def assemble(X: np.ndarray, y: np.ndarray, cfg: DataConfig, device: torch.device
     mean = std = None
     if standardise:
         mean, std = _stats(xs[0])
-        xs = [_standardise(x, mean, std) for x in xs]
+        xs = [standardised(x, mean, std) for x in xs]
         info.update(mean=mean.flatten().numpy(), std=std.flatten().numpy())
     ys = [torch.as_tensor(np.asarray(yy), dtype=torch.int64) for _, yy in parts]
     spec = DataSpec(tuple(int(d) for d in X.shape[1:]), num_classes)
-    pre = _record(cfg, spec, classes if classes is not None else range(num_classes), scale=scale,
+    pre = preprocessing_record(cfg, spec, classes if classes is not None else range(num_classes), scale=scale,
                   mean=mean, std=std, **(record or {}))
     return Dataset(*_place_tensors(list(zip(xs, ys)), cfg, device), spec=spec, augment=augment,
                    info=info, preprocessing=pre)
@@ -386,7 +386,7 @@ def _in_memory(cfg: DataConfig, nbytes: int) -> bool:
     return cfg.in_memory if isinstance(cfg.in_memory, bool) else nbytes <= IN_MEMORY_BYTES
 
 
-def _loader_options(cfg: DataConfig, device: torch.device | str) -> LoaderOptions:
+def loader_options(cfg: DataConfig, device: torch.device | str) -> LoaderOptions:
     """``data.num_workers`` & co. with their defaults: workers from the CPU threads torch was given
     (a trial runs with its ``resources.cpu``): one thread trains, the others read, at most 4."""
     workers = cfg.num_workers if cfg.num_workers is not None else min(4, max(0, torch.get_num_threads() - 1))
@@ -401,15 +401,15 @@ def _place_tensors(parts: list[tuple[torch.Tensor, torch.Tensor]], cfg: DataConf
     """Already-read splits (CPU tensors): on the device, or streamed from host memory."""
     if _in_memory(cfg, sum(x.numel() for x, _ in parts) * 4):
         return [Split(x.to(device), y.to(device)) for x, y in parts]
-    options = _loader_options(cfg, device)
+    options = loader_options(cfg, device)
     return [StreamSplit(tud.TensorDataset(x, y), device, options) for x, y in parts]
 
 
-def _place_datasets(parts: Sequence[tud.Dataset], cfg: DataConfig, device: torch.device | str,
+def place_datasets(parts: Sequence[tud.Dataset], cfg: DataConfig, device: torch.device | str,
                     spec: DataSpec) -> list[Split | StreamSplit]:
     """Splits as torch datasets (``(x, y)`` items, ``x`` normalised): streamed, or read once
     through the same DataLoader, in file order, into tensors on the device."""
-    options = _loader_options(cfg, device)
+    options = loader_options(cfg, device)
     if not _in_memory(cfg, sum(len(p) for p in parts) * math.prod(spec.input_shape) * 4):
         return [StreamSplit(p, device, options) for p in parts]
     return [_materialise(StreamSplit(p, "cpu", LoaderOptions(options.num_workers)), spec, device)
@@ -427,7 +427,7 @@ def _materialise(split: StreamSplit, spec: DataSpec, device: torch.device | str)
     return Split(torch.cat(xs).to(device), torch.cat(ys).to(device))
 
 
-def _moments(batches_: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_moments(batches_: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel (per-feature) mean and std over batches ``[B, C, ...]``, accumulated in float64
     (one pass, for data that is not one tensor); a std below 1e-8 becomes 1, as in :func:`_stats`."""
     total = squares = None
@@ -456,7 +456,7 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _record(cfg: DataConfig, spec: DataSpec, classes: Iterable[Any], *, scale: float = 1.0,
+def preprocessing_record(cfg: DataConfig, spec: DataSpec, classes: Iterable[Any], *, scale: float = 1.0,
             mean: torch.Tensor | Sequence[float] | None = None,
             std: torch.Tensor | Sequence[float] | None = None, **extra: Any) -> dict[str, Any]:
     """The ``preprocessing`` record of a run: plain lists, strings and numbers only.
@@ -491,7 +491,7 @@ def prepare(X: np.ndarray | torch.Tensor, record: dict[str, Any]) -> torch.Tenso
         raise ValueError(f"examples must be numeric, got dtype {X.dtype}")
     x = _to_float(X.reshape(len(X), *shape), record["scale"])
     if record.get("mean") is not None:
-        x = _standardise(x, _broadcast(record["mean"], x.ndim), _broadcast(record["std"], x.ndim))
+        x = standardised(x, _broadcast(record["mean"], x.ndim), _broadcast(record["std"], x.ndim))
     return x
 
 

@@ -2,7 +2,7 @@
 
 A run directory (``sparsetune train --out DIR``, or a trial's artifacts) holds
 ``compact_model.pt``: the compacted network and its ``preprocessing`` record
-(:func:`trainables.data._record`: input shape, class labels, scale, normalisation, the image
+(:func:`trainables.data.preprocessing_record`: input shape, class labels, scale, normalisation, the image
 transforms or the CSV columns). :func:`predict` reads raw examples in the training format (a
 ``.csv`` with the training columns, the target column optional; a ``.npz`` with ``X`` and
 optionally ``y``; a folder of images), applies the recorded preprocessing with the same code as
@@ -31,7 +31,7 @@ from torch import nn
 from .compact import load_compact
 from .configbase import ConfigError
 from .data import prepare
-from .datasets.arrays import _parse_labels
+from .datasets.arrays import parse_labels
 from .outputs import CONFIG_FILE, MODEL_FILE
 
 __all__ = ["InputError", "Deployed", "load_run", "read_input", "predict", "export_model", "FORMATS"]
@@ -130,7 +130,7 @@ def _read_csv(path: Path, record: dict[str, Any]) -> tuple[list[str], np.ndarray
         X = np.array([[row[i] for i in index] for row in rows[1:]], dtype=np.float64)
     except ValueError as e:
         raise InputError([("INPUT", f"non-numeric feature value ({e})", str(path))]) from None
-    labels = _parse_labels([row[header.index(target)].strip() for row in rows[1:]]).tolist() \
+    labels = parse_labels([row[header.index(target)].strip() for row in rows[1:]]).tolist() \
         if target in header else None
     return [str(i) for i in range(len(X))], X, labels
 

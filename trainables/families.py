@@ -34,7 +34,7 @@ import re
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, TypeAdapter, ValidationError, field_validator, model_validator
 
-from .configbase import UNION_TAGS, _absolute_path, FieldError, _finite, _from_validation_error, _Strict
+from .configbase import UNION_TAGS, absolute_path, FieldError, check_finite, from_validation_error, StrictModel
 
 __all__ = [
     "Family",
@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 
-class Family(_Strict):
+class Family(StrictModel):
     """Base of every family declaration. Subclasses set ``name: Literal["..."] = "..."``.
 
     Before validation a family drops the keys given as ``None`` (a parameter left out gets the
@@ -209,7 +209,7 @@ class Registry(Generic[F]):
         try:
             return self.adapter().validate_python(data)
         except ValidationError as e:
-            raise _from_validation_error(e, prefix=self.section) from None
+            raise from_validation_error(e, prefix=self.section) from None
 
     def default_factory(self) -> F:
         return self.get(self.default)()
@@ -256,9 +256,9 @@ class DataConfig(Family):
                                                           "(default: torch's, 2)")
 
     @model_validator(mode="after")
-    def _check_split(self) -> DataConfig:
-        _finite(self.val_fraction, "val_fraction", 0, 1, hi_open=True)
-        _finite(self.test_fraction, "test_fraction", 0, 1, lo_open=True, hi_open=True)
+    def check_split(self) -> DataConfig:
+        check_finite(self.val_fraction, "val_fraction", 0, 1, hi_open=True)
+        check_finite(self.test_fraction, "test_fraction", 0, 1, lo_open=True, hi_open=True)
         if self.train_subset is not None and self.train_subset < 1:
             raise FieldError("train_subset", "`train_subset >= 1` must hold", self.train_subset)
         if self.split_seed < 0:  # numpy's default_rng takes non-negative seeds only
@@ -281,7 +281,7 @@ class DataConfig(Family):
 
 # A path field of a family: made absolute when the config is built (Ray moves each trial into its
 # own working directory).
-AbsolutePath = Annotated[str | None, AfterValidator(_absolute_path)]
+AbsolutePath = Annotated[str | None, AfterValidator(absolute_path)]
 
 
 WEIGHTS_NAME = re.compile(r"[A-Za-z0-9_]+")  # a named-weights tag; anything else is a file path
@@ -320,7 +320,7 @@ class ModelConfig(Family):
         if v is not None and is_weights_name(v):
             raise ValueError(f"model {cls.family_name()!r} has no named weights: give a state-dict "
                              f"file path (with a `/` or a file suffix, e.g. ./{v}.pt)")
-        return _absolute_path(v)
+        return absolute_path(v)
 
     @field_validator("weights_sha256")
     @classmethod
@@ -414,7 +414,7 @@ class RegularizerConfig(Family):
         if isinstance(self.layers, list) and not self.layers:
             raise FieldError("layers", "an empty list; name at least one layer or use 'all'", [])
         if self.target_sparsity is not None:
-            _finite(self.target_sparsity, "target_sparsity", 0, 1, hi_open=True)
+            check_finite(self.target_sparsity, "target_sparsity", 0, 1, hi_open=True)
             if "final" in type(self).model_fields:  # a pruner: its schedule reaches `final`
                 raise FieldError("target_sparsity", f"regularizer {self.name!r} prunes to its own "
                                   "`final` sparsity; set `final`, not target_sparsity", self.target_sparsity)

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .configbase import _absolute_path
+from .configbase import absolute_path
 
 __all__ = ["factory_spec", "import_object"]
 
@@ -42,7 +42,7 @@ def factory_spec(value: str) -> str:
     """Validate a factory string; a file path in it is made absolute (a pydantic validator)."""
     module, attribute = _parts(value)
     if _is_file(module):
-        return f"{_absolute_path(module)}:{attribute}"
+        return f"{absolute_path(module)}:{attribute}"
     if not all(p.isidentifier() for p in module.split(".")):
         raise ValueError(f"{module!r} is neither a module name nor a .py file path")
     return value

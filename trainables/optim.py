@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, model_validator
 
-from .configbase import FieldError, _finite
+from .configbase import FieldError, check_finite
 from .families import LR_SCHEDULES, OPTIMIZERS, LRScheduleConfig, OptimizerConfig
 
 __all__ = ["SGDConfig", "MomentumConfig", "AdamConfig", "ConstantLRConfig", "StepLRConfig", "CosineLRConfig"]
@@ -42,7 +42,7 @@ class MomentumConfig(OptimizerConfig):
 
     @model_validator(mode="after")
     def _check(self) -> MomentumConfig:
-        _finite(self.momentum, "momentum", 0, 1, hi_open=True)
+        check_finite(self.momentum, "momentum", 0, 1, hi_open=True)
         return self
 
     def build(self, params: Iterable[Any], lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -85,7 +85,7 @@ class StepLRConfig(LRScheduleConfig):
     def _check(self) -> StepLRConfig:
         if self.lr_step < 1:
             raise FieldError("lr_step", "`lr_step >= 1` must hold", self.lr_step)
-        _finite(self.lr_gamma, "lr_gamma", 0, 1, lo_open=True)
+        check_finite(self.lr_gamma, "lr_gamma", 0, 1, lo_open=True)
         return self
 
     def build(self, optimizer: torch.optim.Optimizer, epochs: int) -> Any:

@@ -14,7 +14,7 @@ References: Bogdan et al. 2015 (SLOPE, Alg. 4); Zeng & Figueiredo 2014 (OWL); Zh
 2018 (GrOWL, Eq. 8-9); Yoon & Hwang ICML 2017 (CGES) and its official code; Lin et al. 2024
 (exact exclusive-lasso prox, ``prox_l12norm.m``).
 
-**Exact zeros.** Every operator ends with a flush (``_flush_``) that sets to exactly 0.0
+**Exact zeros.** Every operator ends with a flush (``flush_subnormals_``) that sets to exactly 0.0
 
 - every entry with ``|x| < FLUSH_BELOW`` = float32's smallest *normal* number (1.2e-38), and
 - every row (group) whose l2 norm is ``<= ZERO_ROW_NORM`` = float32's epsilon (1.2e-7)
@@ -91,14 +91,14 @@ def _row_norms(W: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(W, dim=1, keepdim=True)
 
 
-def _flush_(x: torch.Tensor) -> torch.Tensor:
+def flush_subnormals_(x: torch.Tensor) -> torch.Tensor:
     """Set entries below ``FLUSH_BELOW`` to exactly 0, in place on a tensor this module made."""
     return x.masked_fill_(x.abs() < FLUSH_BELOW, 0.0)
 
 
 def _flush_rows_(X: torch.Tensor) -> torch.Tensor:
-    """``_flush_`` plus: rows whose norm is ``<= ZERO_ROW_NORM`` become 0 (in place, ours only)."""
-    return _flush_(X.masked_fill_(_row_norms(X) <= ZERO_ROW_NORM, 0.0))
+    """``flush_subnormals_`` plus: rows whose norm is ``<= ZERO_ROW_NORM`` become 0 (in place, ours only)."""
+    return flush_subnormals_(X.masked_fill_(_row_norms(X) <= ZERO_ROW_NORM, 0.0))
 
 
 def _soft_threshold(w: torch.Tensor, t: Threshold) -> torch.Tensor:
@@ -113,7 +113,7 @@ def prox_l1(w: torch.Tensor, t: Threshold) -> torch.Tensor:
     """Soft-thresholding: ``argmin_x 1/2||x - w||^2 + t ||x||_1`` (any shape)."""
     _check_float(w, "w")
     _check_threshold(t)
-    return _flush_(_soft_threshold(w, t))
+    return flush_subnormals_(_soft_threshold(w, t))
 
 
 def prox_group_lasso(W: torch.Tensor, t: Threshold) -> torch.Tensor:
@@ -124,7 +124,7 @@ def prox_group_lasso(W: torch.Tensor, t: Threshold) -> torch.Tensor:
     """
     _check_matrix(W)
     _check_threshold(t)
-    return _flush_(_group_shrink(W, t))
+    return flush_subnormals_(_group_shrink(W, t))
 
 
 def _group_shrink(W: torch.Tensor, t: Threshold) -> torch.Tensor:
@@ -197,7 +197,7 @@ def _owl_prox_unchecked(v: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     a = v.detach().abs().cpu().numpy().astype(np.float64)
     lam64 = lam.detach().cpu().numpy().astype(np.float64)
     x = torch.from_numpy(_owl_magnitudes(a, lam64)).to(v.device, v.dtype)
-    return _flush_(torch.sign(v) * x)
+    return flush_subnormals_(torch.sign(v) * x)
 
 
 def prox_owl(v: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -224,16 +224,16 @@ def prox_growl(W: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     """
     _check_matrix(W)
     _check_owl_weights(lam, W.shape[0])
-    return _growl_prox_unchecked(W, lam)
+    return growl_prox_unchecked(W, lam)
 
 
-def _growl_prox_unchecked(W: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+def growl_prox_unchecked(W: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
     norms = _row_norms(W).squeeze(1)
     new = _owl_prox_unchecked(norms, lam)
     tiny = torch.finfo(W.dtype).tiny
     # rows left with a norm <= ZERO_ROW_NORM are pruned (module docstring)
     scale = torch.where((norms > 0) & (new > ZERO_ROW_NORM), new / norms.clamp_min(tiny), torch.zeros_like(norms))
-    return _flush_(W * scale.unsqueeze(1))
+    return flush_subnormals_(W * scale.unsqueeze(1))
 
 
 def growl_weights(

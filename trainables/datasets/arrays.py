@@ -16,7 +16,7 @@ import torch
 from pydantic import Field, model_validator
 
 from ..configbase import ConfigError, FieldError
-from ..data import Dataset, DataSpec, assemble, _check_split
+from ..data import Dataset, DataSpec, assemble, check_split
 from ..families import DATASETS, AbsolutePath, DataConfig
 
 __all__ = ["ArraysConfig"]
@@ -111,7 +111,7 @@ def _check_features(shape: tuple[int, ...], dtype: np.dtype, n_labels: int, wher
         raise ConfigError([("data.path", f"X has {shape[0]} rows but y has {n_labels} labels", where)])
 
 
-def _parse_labels(raw: list[str]) -> np.ndarray:
+def parse_labels(raw: list[str]) -> np.ndarray:
     """CSV label strings as integers, else numbers, else strings (so 10 sorts after 9)."""
     for kind in (int, float):
         try:
@@ -166,7 +166,7 @@ def _csv_parse(path: Path, cfg: ArraysConfig, *, labels_only: bool
                 rows.append(row[:t] + row[t + 1:])
     if not raw:
         raise ConfigError([("data.path", "a .csv file without data rows", cfg.path)])
-    return len(header) - 1, (None if labels_only else _csv_features(rows, cfg.path)), _parse_labels(raw)
+    return len(header) - 1, (None if labels_only else _csv_features(rows, cfg.path)), parse_labels(raw)
 
 
 def _csv_features(rows: list[list[str]], where: str) -> np.ndarray:
@@ -195,7 +195,7 @@ def _arrays_read(cfg: ArraysConfig, *, header_only: bool
 
 def _arrays_describe(cfg: ArraysConfig) -> DataSpec:
     example, _, y, classes = _arrays_read(cfg, header_only=True)
-    _check_split(len(y), cfg, official_test=False)
+    check_split(len(y), cfg, official_test=False)
     return DataSpec(example, len(classes))
 
 

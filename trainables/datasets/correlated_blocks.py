@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from ..configbase import FieldError, _finite, _size
-from ..data import Dataset, DataSpec, assemble, _check_split
+from ..configbase import FieldError, check_finite, check_size
+from ..data import Dataset, DataSpec, assemble, check_split
 from ..families import DATASETS, DataConfig
 
 __all__ = ["CorrelatedBlocksConfig"]
@@ -40,11 +40,11 @@ class CorrelatedBlocksConfig(DataConfig):
     @model_validator(mode="after")
     def _check(self) -> CorrelatedBlocksConfig:
         for f in ("n_samples", "n_features", "n_blocks", "block_size", "num_classes"):
-            _size(getattr(self, f), f)
+            check_size(getattr(self, f), f)
         if self.num_classes < 2:
             raise FieldError("num_classes", "`num_classes >= 2` must hold", self.num_classes)
-        _size(self.block_gap, "block_gap", lo=0)
-        _finite(self.rho, "rho", -1, 1, lo_open=True, hi_open=True)
+        check_size(self.block_gap, "block_gap", lo=0)
+        check_finite(self.rho, "rho", -1, 1, lo_open=True, hi_open=True)
         span = self.n_blocks * self.block_size + (self.n_blocks - 1) * self.block_gap
         if span > self.n_features:
             raise FieldError(
@@ -55,7 +55,7 @@ class CorrelatedBlocksConfig(DataConfig):
         return self
 
     def describe(self) -> DataSpec:
-        _check_split(self.n_samples, self, official_test=False)
+        check_split(self.n_samples, self, official_test=False)
         return DataSpec((self.n_features,), self.num_classes)
 
     def load(self, device: torch.device | str = "cpu") -> Dataset:

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..data import Dataset, DataSpec, assemble, _check_split
+from ..data import Dataset, DataSpec, assemble, check_split
 from ..families import DATASETS, DataConfig
 
 __all__ = ["DigitsConfig"]
@@ -23,7 +23,7 @@ class DigitsConfig(DataConfig):
     name: Literal["digits"] = "digits"
 
     def describe(self) -> DataSpec:
-        _check_split(_DIGITS_SIZE, self, official_test=False)
+        check_split(_DIGITS_SIZE, self, official_test=False)
         return DataSpec((1, 8, 8), 10)
 
     def load(self, device: torch.device | str = "cpu") -> Dataset:

@@ -14,7 +14,7 @@ import torch
 from pydantic import Field, model_validator
 
 from ..configbase import ConfigError, FieldError
-from ..data import Dataset, DataSpec, assemble, _check_split
+from ..data import Dataset, DataSpec, assemble, check_split
 from ..families import DATASETS, AbsolutePath, DataConfig
 
 __all__ = ["IdxConfig"]
@@ -162,7 +162,7 @@ def _idx_classes(pairs: dict[str, tuple]) -> int:
 def _idx_describe(cfg: IdxConfig) -> DataSpec:
     pairs = _idx_read(cfg, header_only=True)
     (shape, _, _), *_ = pairs.values()
-    _check_split(shape[0], cfg, official_test=len(pairs) == 2)
+    check_split(shape[0], cfg, official_test=len(pairs) == 2)
     return DataSpec((1, *shape[1:]), _idx_classes(pairs))
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.utils.data as tud
 from pydantic import Field, model_validator
 
-from ..configbase import ConfigError, FieldError, _Strict
+from ..configbase import ConfigError, FieldError, StrictModel
 from ..data import (
     Augmentation,
     Dataset,
@@ -35,13 +35,13 @@ from ..data import (
     LoaderOptions,
     NormalizeStats,
     StreamSplit,
-    _check_split,
-    _loader_options,
-    _moments,
-    _place_datasets,
-    _record,
-    _split_indices,
-    _standardise,
+    check_split,
+    loader_options,
+    channel_moments,
+    place_datasets,
+    preprocessing_record,
+    split_indices,
+    standardised,
     batches,
 )
 from ..families import DATASETS, AbsolutePath, DataConfig
@@ -49,7 +49,7 @@ from ..families import DATASETS, AbsolutePath, DataConfig
 __all__ = ["ImageFolderConfig", "RandomCrop", "image_transform"]
 
 
-class RandomCrop(_Strict):
+class RandomCrop(StrictModel):
     """A random crop of the image's own size out of the image padded on every side."""
 
     padding: int = Field(4, description="pixels of zero padding (the channel mean after normalisation)")
@@ -116,14 +116,14 @@ class ImageFolderConfig(DataConfig):
 
 
 class _Normalise:
-    """``(x - mean) / std`` per channel, with :func:`trainables.data._standardise`."""
+    """``(x - mean) / std`` per channel, with :func:`trainables.data.standardised`."""
 
     def __init__(self, mean: list[float], std: list[float]):
         self.mean = torch.tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return _standardise(x, self.mean, self.std)
+        return standardised(x, self.mean, self.std)
 
 
 def image_transform(image: dict[str, Any], mean: list[float] | None = None,
@@ -287,14 +287,14 @@ def _image_sizes(cfg: ImageFolderConfig, paths: list[str]) -> dict[str, tuple[in
 
 def _describe(cfg: ImageFolderConfig) -> DataSpec:
     folders = _folders(cfg)
-    _check_split(len(folders["train"]), cfg, official_test="test" in folders, official_val="val" in folders)
+    check_split(len(folders["train"]), cfg, official_test="test" in folders, official_val="val" in folders)
     return DataSpec(_input_shape(cfg, folders), len(folders["train"].classes))
 
 
 def _load(cfg: ImageFolderConfig, device: torch.device | str) -> Dataset:
     folders = _folders(cfg)
     spec = DataSpec(_input_shape(cfg, folders), len(folders["train"].classes))
-    train_i, val_i, test_i = _split_indices(len(folders["train"]), cfg, official_test="test" in folders,
+    train_i, val_i, test_i = split_indices(len(folders["train"]), cfg, official_test="test" in folders,
                                             official_val="val" in folders)
     parts = [(folders["train"], train_i),
              (folders["val"], range(len(folders["val"]))) if "val" in folders else (folders["train"], val_i),
@@ -304,8 +304,8 @@ def _load(cfg: ImageFolderConfig, device: torch.device | str) -> Dataset:
         mean, std = cfg.normalize.mean, cfg.normalize.std
     elif cfg.normalize == "auto":  # one pass over the training split, in file order
         raw = _Items(*parts[0], image_transform(cfg.image_settings()))
-        options = _loader_options(cfg, "cpu")
-        m, s = _moments(xb for xb, _ in batches(StreamSplit(raw, "cpu", LoaderOptions(options.num_workers)),
+        options = loader_options(cfg, "cpu")
+        m, s = channel_moments(xb for xb, _ in batches(StreamSplit(raw, "cpu", LoaderOptions(options.num_workers)),
                                                 256, shuffle=False))
         mean, std = m.tolist(), s.tolist()
     transform = image_transform(cfg.image_settings(), mean, std)
@@ -314,7 +314,7 @@ def _load(cfg: ImageFolderConfig, device: torch.device | str) -> Dataset:
     if cfg.random_crop is not None or cfg.hflip:
         augment = Augmentation(cfg.random_crop.padding if cfg.random_crop else 0, cfg.hflip)
     classes = folders["train"].classes
-    pre = _record(cfg, spec, classes, scale=255.0, mean=mean, std=std, image=cfg.image_settings())
+    pre = preprocessing_record(cfg, spec, classes, scale=255.0, mean=mean, std=std, image=cfg.image_settings())
     info = {"classes": list(classes)} | ({"mean": mean, "std": std} if mean is not None else {})
-    return Dataset(*_place_datasets(datasets, cfg, device, spec), spec=spec, augment=augment, info=info,
+    return Dataset(*place_datasets(datasets, cfg, device, spec), spec=spec, augment=augment, info=info,
                    preprocessing=pre)

@@ -32,13 +32,13 @@ from ..data import (
     LoaderOptions,
     NormalizeStats,
     StreamSplit,
-    _check_split,
-    _loader_options,
-    _moments,
-    _place_datasets,
-    _record,
-    _split_indices,
-    _standardise,
+    check_split,
+    loader_options,
+    channel_moments,
+    place_datasets,
+    preprocessing_record,
+    split_indices,
+    standardised,
     batches,
 )
 from ..families import DATASETS, DataConfig
@@ -169,7 +169,7 @@ class _Examples(tud.Dataset):
             raise ValueError(f"example {j} has shape {tuple(x.shape)}, the first one {self.shape}")
         if not 0 <= y < self.num_classes:
             raise ValueError(f"example {j} has label {y}, outside 0..{self.num_classes - 1}")
-        return (x if self.stats is None else _standardise(x, *self.stats)), y
+        return (x if self.stats is None else standardised(x, *self.stats)), y
 
 
 def _spec(cfg: PythonDataConfig, parts: dict[str, Any]) -> tuple[DataSpec, list[Any]]:
@@ -196,7 +196,7 @@ def _spec(cfg: PythonDataConfig, parts: dict[str, Any]) -> tuple[DataSpec, list[
 
 def _describe(cfg: PythonDataConfig) -> DataSpec:
     parts = _datasets(cfg)
-    _check_split(len(parts["train"]), cfg, official_test="test" in parts, official_val="val" in parts)
+    check_split(len(parts["train"]), cfg, official_test="test" in parts, official_val="val" in parts)
     return _spec(cfg, parts)[0]
 
 
@@ -204,7 +204,7 @@ def _load(cfg: PythonDataConfig, device: torch.device | str) -> Dataset:
     parts = _datasets(cfg)
     spec, names = _spec(cfg, parts)
     train = parts["train"]
-    train_i, val_i, test_i = _split_indices(len(train), cfg, official_test="test" in parts,
+    train_i, val_i, test_i = split_indices(len(train), cfg, official_test="test" in parts,
                                             official_val="val" in parts)
     chosen = [(train, train_i),
               (parts["val"], None) if "val" in parts else (train, val_i),
@@ -214,11 +214,11 @@ def _load(cfg: PythonDataConfig, device: torch.device | str) -> Dataset:
         stats = (cfg.normalize.mean, cfg.normalize.std)
     elif cfg.normalize == "auto":  # one pass over the training split, in order
         raw = StreamSplit(_Examples(train, train_i, spec.input_shape, spec.num_classes), "cpu",
-                          LoaderOptions(_loader_options(cfg, "cpu").num_workers))
-        mean, std = _moments(xb for xb, _ in batches(raw, 256, shuffle=False))
+                          LoaderOptions(loader_options(cfg, "cpu").num_workers))
+        mean, std = channel_moments(xb for xb, _ in batches(raw, 256, shuffle=False))
         stats = (mean.tolist(), std.tolist())
     datasets = [_Examples(ds, idx, spec.input_shape, spec.num_classes, stats) for ds, idx in chosen]
-    pre = _record(cfg, spec, names, mean=stats[0] if stats else None, std=stats[1] if stats else None)
+    pre = preprocessing_record(cfg, spec, names, mean=stats[0] if stats else None, std=stats[1] if stats else None)
     info = {"classes": names} | ({"mean": stats[0], "std": stats[1]} if stats else {})
-    return Dataset(*_place_datasets(datasets, cfg, device, spec), spec=spec, augment=False, info=info,
+    return Dataset(*place_datasets(datasets, cfg, device, spec), spec=spec, augment=False, info=info,
                    preprocessing=pre)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..configbase import _finite
+from ..configbase import check_finite
 from ..data import DataSpec
 from ..families import MODELS, ModelConfig
 
@@ -55,5 +55,5 @@ def image_shape(spec: DataSpec, model: str) -> tuple[int, int, int]:
 
 def check_dropout(value: float) -> None:
     """A model family's ``dropout`` check: finite, in [0, 1)."""
-    _finite(value, "dropout", 0, 1, hi_open=True)
+    check_finite(value, "dropout", 0, 1, hi_open=True)
 

@@ -20,7 +20,7 @@ import torch
 from pydantic import model_validator
 from torch import nn
 
-from ..configbase import ConfigError, _absolute_path, FieldError
+from ..configbase import ConfigError, absolute_path, FieldError
 from ..data import DataSpec
 from ..families import WEIGHTS_NAME, ModelConfig, is_weights_name
 from ..imports import import_object
@@ -65,7 +65,7 @@ def weights_field(value: str | None, *, names: bool) -> str | None:
     or, where the family has named weights (``names``), a tag kept as written."""
     if value is None or (names and is_weights_name(value)):
         return value
-    return _absolute_path(value)
+    return absolute_path(value)
 
 
 def _describe_call(name: str, kwargs: Mapping[str, Any]) -> str:

@@ -25,7 +25,7 @@ from torch import nn
 
 from pydantic import Field, model_validator
 
-from ..configbase import ConfigError, Schedule, _check_schedule, is_schedule, resolve_schedule
+from ..configbase import ConfigError, Schedule, check_schedule, is_schedule, resolve_schedule
 from ..families import LAYER_SELECTIONS, REGULARIZERS, RegularizerConfig
 from ..groups import conv_groups, from_groups, member_dims, to_groups
 
@@ -180,7 +180,7 @@ class LamConfig(RegularizerConfig):
 
     @model_validator(mode="after")
     def _check_lam(self) -> LamConfig:
-        _check_schedule(self.lam, "lam", 0)
+        check_schedule(self.lam, "lam", 0)
         return self
 
 

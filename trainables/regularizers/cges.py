@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 
-from ..configbase import Ends, Schedule, _check_schedule
+from ..configbase import Ends, Schedule, check_schedule
 from ..prox import cges_step, prox_exclusive_lasso, prox_group_lasso
 from .base import LamConfig, Regularizer, mask_pruned, register
 
@@ -43,9 +43,9 @@ class CGESConfig(LamConfig):
 
     @model_validator(mode="after")
     def _check(self) -> CGESConfig:
-        _check_schedule(self.mu, "mu", 0, 1)
-        _check_schedule(self.group_scale, "group_scale", 0)
-        _check_schedule(self.exclusive_scale, "exclusive_scale", 0)
+        check_schedule(self.mu, "mu", 0, 1)
+        check_schedule(self.group_scale, "group_scale", 0)
+        check_schedule(self.exclusive_scale, "exclusive_scale", 0)
         return self
 
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, create_model, model_validator
 
-from ..configbase import FieldError, _finite
+from ..configbase import FieldError, check_finite
 from ..families import RegularizerConfig
 from .base import Pruner
 
@@ -79,9 +79,9 @@ class _GradualBase(RegularizerConfig):
                                         "Delta t); the window's last step always prunes")
 
     @model_validator(mode="after")
-    def _check_schedule(self) -> _GradualBase:
-        _finite(self.final, "final", 0, 1, hi_open=True)
-        _finite(self.initial, "initial", 0)
+    def check_schedule(self) -> _GradualBase:
+        check_finite(self.final, "final", 0, 1, hi_open=True)
+        check_finite(self.initial, "initial", 0)
         if self.initial > self.final:
             raise FieldError("initial", f"`initial <= final` must hold (final={self.final})", self.initial)
         if self.start_epoch < 0:

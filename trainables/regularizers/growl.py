@@ -13,9 +13,9 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from ..configbase import Schedule, _check_schedule, _finite
+from ..configbase import Schedule, check_schedule, check_finite
 from ..families import LAYER_SELECTIONS, RegularizerConfig
-from ..prox import _growl_prox_unchecked, growl_weights
+from ..prox import growl_prox_unchecked, growl_weights
 from .base import Regularizer, growl_rank, mask_pruned, register, row_scale, scale_factor
 
 __all__ = ["GrOWL", "GrOWLConfig"]
@@ -37,9 +37,9 @@ class GrOWLConfig(RegularizerConfig):
 
     @model_validator(mode="after")
     def _check(self) -> GrOWLConfig:
-        _finite(self.p, "p", 0, 1, lo_open=True)
-        _check_schedule(self.lambda1, "lambda1", 0)
-        _check_schedule(self.lambda2, "lambda2", 0)
+        check_finite(self.p, "p", 0, 1, lo_open=True)
+        check_schedule(self.lambda1, "lambda1", 0)
+        check_schedule(self.lambda2, "lambda2", 0)
         return self
 
 
@@ -67,4 +67,4 @@ class GrOWL(Regularizer):
 
     def prox(self, W: torch.Tensor, step: float) -> torch.Tensor:
         # the weights were validated when built (growl_weights), so skip prox_growl's checks
-        return _growl_prox_unchecked(W, step * scale_factor(W, self.scale) * self.weights(W.shape[0], W.dtype, W.device))
+        return growl_prox_unchecked(W, step * scale_factor(W, self.scale) * self.weights(W.shape[0], W.dtype, W.device))

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 import torch
 
 from ..configbase import Schedule
-from ..prox import _flush_
+from ..prox import flush_subnormals_
 from .base import LamConfig, Regularizer, register
 
 __all__ = ["L2", "L2Config"]
@@ -37,4 +37,4 @@ class L2(Regularizer):
         return 0.5 * self.lam * W.pow(2).sum()
 
     def prox(self, W: torch.Tensor, step: float) -> torch.Tensor:
-        return _flush_(W / (1 + step * self.lam))
+        return flush_subnormals_(W / (1 + step * self.lam))
