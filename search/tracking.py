@@ -380,7 +380,11 @@ class Tracker:
         self.client.log_batch(run_id, tags=[RunTag(f"{TAG}.{k}", v) for k, v in tags.items()])
 
     def retried(self, run_id: str, error: str) -> None:
+        """A trial that lost its worker, retried from its last checkpoint: an epoch whose checkpoint
+        was saved but whose report never reached the driver is not reported again, so its end
+        backfills the epochs it lacks from ``result.json`` (as a run found after a restore)."""
         self.client.set_tag(run_id, f"{TAG}.last_retry_error", error[-MAX_TAG:])
+        self._found.add(run_id)
 
     # -- the frontier -----------------------------------------------------------------------------
 
