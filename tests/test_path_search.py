@@ -21,6 +21,22 @@ pytestmark = pytest.mark.ray
 TAG = "sparsetune"
 
 
+def _searched(spec_dict: dict, tmp_path: Path):
+    """Run the search of ``spec_dict`` to completion; its spec, outcome, MLflow client, parent run,
+    trial runs and point runs."""
+    spec = SearchSpec.model_validate(spec_dict)
+    validate_spec(spec)
+    outcome = run_search(spec, yaml.safe_dump(spec_dict), quiet=True)
+    assert outcome.complete
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment_by_name(spec_dict["name"])
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parent = next(r for r in runs if r.data.tags.get(f"{TAG}.kind") == "search")
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    points = [r for r in runs if r.data.tags.get(f"{TAG}.search_parent") == parent.info.run_id]
+    return spec, outcome, client, parent, trials, points
+
+
 def test_a_path_search_records_every_point_as_a_candidate(ray_session, tmp_path, monkeypatch):
     spec_dict = {
         "name": "paths",
@@ -32,16 +48,7 @@ def test_a_path_search_records_every_point_as_a_candidate(ray_session, tmp_path,
         "trials": 2, "concurrency": 1, "seed": 0,
         "storage": str(tmp_path / "ray"), "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
     }
-    spec = SearchSpec.model_validate(spec_dict)
-    validate_spec(spec)
-    outcome = run_search(spec, yaml.safe_dump(spec_dict), quiet=True)
-    assert outcome.complete
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    exp = client.get_experiment_by_name("paths")
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parent = next(r for r in runs if r.data.tags.get(f"{TAG}.kind") == "search")
-    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    points = [r for r in runs if r.data.tags.get(f"{TAG}.search_parent") == parent.info.run_id]
+    spec, outcome, client, parent, trials, points = _searched(spec_dict, tmp_path)
     assert len(trials) == 2 and all(t.data.tags[f"{TAG}.path"] == "true" for t in trials)
     # one nested run per point: under its trial's run, complete, its own metrics and artifacts
     assert len(points) == 4
@@ -144,16 +151,7 @@ def test_mo_asha_ranks_path_trials_at_their_points_and_a_stopped_one_keeps_them(
         "trials": 4, "concurrency": 1, "seed": 0,
         "storage": str(tmp_path / "ray"), "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
     }
-    spec = SearchSpec.model_validate(spec_dict)
-    validate_spec(spec)
-    outcome = run_search(spec, yaml.safe_dump(spec_dict), quiet=True)
-    assert outcome.complete
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    exp = client.get_experiment_by_name("paths-moasha")
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parent = next(r for r in runs if r.data.tags.get(f"{TAG}.kind") == "search")
-    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    points = [r for r in runs if r.data.tags.get(f"{TAG}.search_parent") == parent.info.run_id]
+    spec, outcome, client, parent, trials, points = _searched(spec_dict, tmp_path)
     assert len(trials) == 4
     study = optuna.load_study(study_name=outcome.search_id, storage=outcome.optuna_storage)
     told = {t.user_attrs["ray_trial_id"]: t.state.name for t in study.trials}
