@@ -316,6 +316,8 @@ def main() -> None:
     parser.add_argument("--frontier", choices=["incremental", "full"], default="incremental",
                         help="the tracker's frontier update: today's, or the full recomputation before it")
     parser.add_argument("--no-optuna", action="store_true", help="skip the sampler's part")
+    parser.add_argument("--sampler-history", default=None, metavar="H|none",
+                        help="the spec's sampler_history (default: the spec's default; none = plain MO-TPE)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     n = args.trials or (4000 if args.full else 300)
@@ -327,6 +329,8 @@ def main() -> None:
     payload = base_payload("driver_scale", args, None)
     spec_dict = load_yaml(ROOT / "examples/quickstart.yaml")
     spec_dict.update(name="scale", trials=n)
+    if args.sampler_history is not None:
+        spec_dict["sampler_history"] = None if args.sampler_history == "none" else int(args.sampler_history)
     print_header(f"Driver scale: the driver's work per finished trial at {n:,} trials", None, [
         f"SIMULATED IN PROCESS (no Ray): the last {last} of {n:,} trials through a real Tracker on a SQLite "
         f"MLflow store ({args.epochs} epochs reported each, frontier: {args.frontier}) and"

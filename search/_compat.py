@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ray.tune.search.optuna import OptunaSearch
     from ray.tune.stopper import TimeoutStopper
 
-__all__ = ["adopt_trial", "asked", "kept_checkpoints", "knows", "known_numbers", "optuna_trial_of",
+__all__ = ["StudyView", "adopt_trial", "asked", "kept_checkpoints", "knows", "known_numbers", "optuna_trial_of",
            "reopen_generator", "reset_timeout", "restored_callbacks", "restored_search_alg",
            "set_restored_time_budget", "storage_id", "study_of", "tell_once", "timeout_spent", "trial_of"]
 
@@ -144,3 +144,34 @@ def kept_checkpoints(trial: Any) -> list:
 def study_of(searcher: OptunaSearch) -> optuna.Study:
     """The Optuna study behind the searcher (``OptunaSearch`` keeps it in ``_ot_study``)."""
     return searcher._ot_study
+
+
+# ---------------------------------------------------------------- Study, as a sampler sees it
+
+
+class StudyView:
+    """A study whose trials, as a sampler reads them, are ``trials`` (a subset, in number order).
+
+    Optuna's TPE sampler and its group-decomposed search space read a study's history through the
+    private ``Study._get_trials``; everything else (directions, storage, study id) is the study's.
+    :class:`search.history.BoundedTPESampler` hands TPE such a view instead of the study."""
+
+    def __init__(self, study: optuna.Study, trials: list[optuna.trial.FrozenTrial]):
+        self._study = study
+        self._trials = trials
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list:
+        import copy
+
+        trials = self._trials if states is None else [t for t in self._trials if t.state in states]
+        return copy.deepcopy(trials) if deepcopy else list(trials)
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list:
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+    @property
+    def trials(self) -> list:
+        return self._get_trials()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)

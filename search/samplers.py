@@ -15,6 +15,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from . import _compat, faults, pareto
 from .frontier import finite, objective_matrix
+from .history import BoundedTPESampler
 from .trainable import POINTS_KEY
 from .space import SpaceDefinition
 from .spec import SearchSpec
@@ -114,8 +115,8 @@ def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if spec.sampler == "tpe":  # multivariate + group: the space is conditional per family
-            return optuna.samplers.TPESampler(seed=spec.seed, multivariate=True, group=True, constant_liar=True,
-                                              n_startup_trials=max(4, min(10, spec.trials // 3)))
+            return BoundedTPESampler(history=spec.sampler_history, seed=spec.seed, multivariate=True, group=True,
+                                     constant_liar=True, n_startup_trials=max(4, min(10, spec.trials // 3)))
         if spec.sampler == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, min(50, spec.trials // 4)))
         if spec.sampler == "gp":
