@@ -170,7 +170,7 @@ class TrackingCallback(tune.Callback):
         self._started[trial.trial_id] = time.monotonic()
         self._said[trial.trial_id] = time.monotonic()
         self._stage_mark[trial.trial_id] = time.monotonic()
-        self._total_epochs(trial)  # and its path's stages (the ETA)
+        self._sizes(trial)  # its epochs and its path's stages (the ETA counts them)
         running = sum(t.status == "RUNNING" or t is trial for t in trials)  # Tune marks it RUNNING after this hook
         self._say(f"  start  {trial_label(trial)}  ({running} running, {self.done}/{self.total} done)")
 
@@ -185,16 +185,18 @@ class TrackingCallback(tune.Callback):
         if now - self._said.get(trial.trial_id, now) >= self.progress_s and result.get("final") != 1.0:
             self._said[trial.trial_id] = now
             acc = result.get("val_accuracy")
-            self._say(f"  ...    {trial_label(trial)}  epoch {int(result.get('epoch', 0))}/{self._total_epochs(trial)}"
+            self._say(f"  ...    {trial_label(trial)}  epoch {int(result.get('epoch', 0))}/{self._sizes(trial)[0]}"
                       + (f"  val acc {acc:.3f}" if finite(acc) else "")
                       + f"  ({duration(now - self._started.get(trial.trial_id, now))})")
 
-    def _total_epochs(self, trial) -> int:
+    def _sizes(self, trial) -> tuple[int, int]:
+        """The epochs a trial runs and its path's stages (0: not a path), from its config parsed
+        once; kept in ``_epochs`` and ``_stages``."""
         if trial.trial_id not in self._epochs:
             cfg = TrialConfig.from_dict(trial.config)
             self._epochs[trial.trial_id] = cfg.total_epochs
             self._stages[trial.trial_id] = len(cfg.path.targets) if cfg.path is not None else 0
-        return self._epochs[trial.trial_id]
+        return self._epochs[trial.trial_id], self._stages[trial.trial_id]
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
         """A path trial's point (a checkpoint holding its saved run, at a report with ``point``):

@@ -9,7 +9,10 @@ shows TPE a view of the study instead:
 - **the elite**: every finished trial dominated by fewer than ``ELITE`` (25) others, over the whole
   history (:class:`DominanceArchive` keeps it as trials finish, comparing each new one with the
   elite only). It holds the study's first ranks: the view's Pareto front is the study's, and an
-  elite trial's rank in the view is its rank in the study; nothing good is forgotten;
+  elite trial's rank in the view is its rank in the study; nothing good is forgotten. On a
+  problem whose trials crowd onto a wide front the elite grows with the search, so the view takes
+  at most ``history`` of it: those dominated by the fewest, the most recent first among equals
+  (then the view's front is a subset of the study's);
 - **the most recent** ``history`` finished trials (COMPLETE and PRUNED), and every running one (the
   constant liar's).
 
@@ -52,6 +55,14 @@ class DominanceArchive:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def best(self, n: int) -> set[int]:
+        """At most ``n`` members: those dominated by the fewest, the most recently inserted first
+        among equals (all of them when there are no more than ``n``)."""
+        if len(self.keys) <= n:
+            return set(self.keys)
+        order = sorted(range(len(self.keys)), key=lambda i: (self._dominators[i], -i))
+        return {self.keys[i] for i in order[:n]}
 
     def insert(self, key: int, losses) -> bool:
         """Add a point; returns whether it is a member. Non-finite losses are never members."""
@@ -120,9 +131,9 @@ class BoundedTPESampler(optuna.samplers.TPESampler):
             # (hypervolume subset selection, cached by the trials' positions) is then solved again
             # less often; TPE sorts its two sets by number itself
             by_number = {t.number: t for t in trials}
-            members = set(self._archive.keys)
+            members = self._archive.best(self.history)
             recent = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)][-self.history:]
-            view = _compat.StudyView(study, [by_number[n] for n in self._archive.keys] + [
+            view = _compat.StudyView(study, [by_number[n] for n in self._archive.keys if n in members] + [
                 t for t in trials if t.number not in members and (
                     t.state in (TrialState.RUNNING, TrialState.WAITING) or t.number >= recent[0].number
                     and t.state in (TrialState.COMPLETE, TrialState.PRUNED))])

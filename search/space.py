@@ -11,7 +11,7 @@ from .spec import Distribution, SearchSpec, candidate_configs
 
 from .trainable import STAGES_KEY
 
-__all__ = ["SpaceDefinition", "max_epochs", "rung_unit"]
+__all__ = ["SpaceDefinition", "max_epochs", "rung_unit", "rungs"]
 
 
 class SpaceDefinition:
@@ -76,16 +76,20 @@ def _most(spec: SearchSpec) -> tuple[int, set[int]]:
 
 
 def rung_unit(spec: SearchSpec) -> tuple[str, int]:
-    """What a scheduler's rungs count and the full budget in it: ``("epoch", most epochs)``, or
-    for a search whose trials walk sparsity paths ``(STAGES_KEY, most stages)``: a path trial is
-    ranked at its points, where it is measured like a finished run, never in the middle of a
-    stage. A spec mixing path and plain trials has no one unit (``ValueError``; the spec's
-    validation says so first)."""
-    epochs, stages = _most(spec)
-    if stages == {0}:
+    """What a scheduler's rungs count and the full budget in it (:func:`rungs` of the spec's
+    candidate trials)."""
+    return rungs(*_most(spec))
+
+
+def rungs(epochs: int, stages: set[int]) -> tuple[str, int]:
+    """``("epoch", epochs)`` for plain trials, or for trials that walk sparsity paths
+    ``(STAGES_KEY, most stages)``: a path trial is ranked at its points, where it is measured like
+    a finished run, never in the middle of a stage. ``stages`` holds each trial's number of path
+    targets (0: a plain trial); path and plain trials together have no one unit (``ValueError``)."""
+    if stages <= {0}:
         return "epoch", epochs
     if 0 in stages:
-        raise ValueError("a scheduler's rungs are epochs for plain trials and stages for path trials: "
+        raise ValueError("rungs are epochs for plain trials and stages for path trials: "
                          "give every family a `path`, or none")
     return STAGES_KEY, max(stages)
 

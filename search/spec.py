@@ -471,15 +471,19 @@ def validate_spec(spec: SearchSpec, source: str | None = None) -> None:
             check_config(TrialConfig.from_dict(start_config(spec)))
         except ConfigError as e:
             problems += [(f"start ({path})", msg, value) for path, msg, value in e.problems]
-    if spec.scheduler is not None and not problems and 0 in stages and len(stages) > 1:
-        problems.append(("scheduler", "rungs are epochs for plain trials and stages for path trials: give "
-                                      "every family a `path`, or none", spec.scheduler.type))
-    elif spec.scheduler is not None and not problems:
-        budget, unit = (epochs, "epochs") if stages == {0} else (max(stages), "path stages")
-        if spec.scheduler.grace_period >= (spec.scheduler.max_t or budget):
-            problems.append(("scheduler.grace_period", f"must be below the trials' {unit} ({budget}) "
-                                                       "(or scheduler.max_t): no trial could be stopped",
-                             spec.scheduler.grace_period))
+    if spec.scheduler is not None and not problems:
+        from .space import rungs
+
+        try:
+            unit, budget = rungs(epochs, stages)
+        except ValueError as e:
+            problems.append(("scheduler", str(e), spec.scheduler.type))
+        else:
+            if spec.scheduler.grace_period >= (spec.scheduler.max_t or budget):
+                unit = "epochs" if unit == "epoch" else "path stages"
+                problems.append(("scheduler.grace_period", f"must be below the trials' {unit} ({budget}) "
+                                                           "(or scheduler.max_t): no trial could be stopped",
+                                 spec.scheduler.grace_period))
     if problems:
         raise SpecError(problems[:1] if len(problems) > 5 else problems, source)
 

@@ -36,6 +36,17 @@ def test_archive_is_the_points_dominated_by_fewer_than_k_whatever_the_order(k, s
     assert len(archive.keys) == len(set(archive.keys))
 
 
+def test_a_capped_elite_keeps_the_least_dominated_and_the_most_recent_among_equals():
+    archive = DominanceArchive(3)
+    front = [(float(i), float(10 - i)) for i in range(10)]  # 10 mutually non-dominated points
+    for key, p in enumerate(front):
+        archive.insert(key, p)
+    assert archive.insert(10, (9.5, 1.5))  # dominated by (9, 1) only
+    assert archive.best(20) == set(range(11))
+    assert archive.best(4) == {9, 8, 7, 6}  # front members (no dominator), the latest first
+    assert 10 not in archive.best(10)
+
+
 def test_archive_ignores_non_finite_points():
     archive = DominanceArchive(2)
     assert not archive.insert(0, [np.nan, 1.0])
@@ -78,6 +89,7 @@ def test_the_view_keeps_the_front_the_elites_ranks_and_the_recent_trials(seed):
 
     in_view, in_study = ranks(seen), ranks(everything)
     elite = set(sampler._archive.keys)
+    assert len(elite) <= MIN_HISTORY  # the whole elite is in view (not capped)
     losses = np.array([[-t.values[0], t.values[1], t.values[2]] for t in everything
                        if t.state == optuna.trial.TrialState.COMPLETE])
     assert elite == {[t.number for t in everything if t.state == optuna.trial.TrialState.COMPLETE][i]
