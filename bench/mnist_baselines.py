@@ -51,6 +51,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared/data/mnist")
     parser.add_argument("--work-dir", type=Path, default=None, help="Ray storage and MLflow store (default: a temp dir)")
     parser.add_argument("--trials", type=int, default=None, help="override the spec's 96 trials")
+    parser.add_argument("--seed", type=int, default=None, help="override the spec's seed")
+    parser.add_argument("--fifo", action="store_true", help="no scheduler: every trial trains all its epochs")
+    parser.add_argument("--no-figure", action="store_true", help="do not redraw bench/figures/mnist10k_baselines_*.png")
     parser.add_argument("--paper-json", type=Path, default=ROOT / "bench/results/mnist_table1.json",
                         help="the paper settings as run by bench/mnist_table1.py (its 'group lasso (paper)' point)")
     args = parser.parse_args()
@@ -65,11 +68,16 @@ def main() -> None:
     spec_dict.update(storage=str(work / "ray"), tracking_uri=f"sqlite:///{work}/mlflow.db")
     if args.trials:
         spec_dict["trials"] = args.trials
+    if args.seed is not None:
+        spec_dict["seed"] = args.seed
+    if args.fifo:
+        spec_dict.pop("scheduler", None)
     spec = SearchSpec.model_validate(spec_dict)
     validate_spec(spec)
     paper = next(p for p in json.loads(args.paper_json.read_text())["paper"] if p["label"] == "group lasso (paper)")
     payload = base_payload("mnist_baselines", args, torch.device("cpu"))
-    header = print_header("MNIST-10k: regularizers and pruning baselines on one frontier (MO-ASHA)", torch.device("cpu"), [
+    scheduler = "FIFO" if args.fifo else "MO-ASHA"
+    header = print_header(f"MNIST-10k: regularizers and pruning baselines on one frontier ({scheduler})", torch.device("cpu"), [
         f"{spec.trials} trials of {SPEC.relative_to(ROOT)} (families {', '.join(spec.families)}), "
         f"concurrency {spec.concurrency}; stores in {work}"])
 
@@ -90,7 +98,7 @@ def main() -> None:
                       sum(r["regularizer"] == family for r in pareto), sum(t["epochs"] for t in mine)])
     print(markdown_table(["family", "trials", "complete", "stopped by MO-ASHA", "failed", "frontier points",
                           "epochs trained"], table))
-    print(f"\nepochs trained in all: {epochs} (budget 64 x 50 = 3,200); wall {wall / 60:.1f} min; "
+    print(f"\nepochs trained in all: {epochs} (the spec's budget 64 x 50 = 3,200); wall {wall / 60:.1f} min; "
           f"frontier {len(pareto)} of {len(rows)} complete trials, hypervolume {frontier.hypervolume:.4f}")
 
     point = {k: paper[k] for k in ("val_accuracy", "params_unique", "flops_compact")}
@@ -118,15 +126,17 @@ def main() -> None:
     print("\nthe frontier:")
     print(markdown_table(head, [line(r) for r in sorted(pareto, key=lambda r: -r["val_accuracy"])]))
 
-    fig_dir = ROOT / "bench/figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    extra = [{"label": "group lasso (paper setting, 400 epochs)", **paper}]
-    for x, name in (("params_unique", "mnist10k_baselines_params.png"), ("flops_compact", "mnist10k_baselines_flops.png")):
-        frontier_figure(frontier, x, "val_accuracy", extra=extra,
-                        title=f"MNIST-10k, {len(rows)} complete of {len(trials)} trials (MO-ASHA)").savefig(
-            fig_dir / name, dpi=130, bbox_inches="tight")
-    print(f"figures: {fig_dir}/mnist10k_baselines_*.png")
+    if not args.no_figure:
+        fig_dir = ROOT / "bench/figures"
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        extra = [{"label": "group lasso (paper setting, 400 epochs)", **paper}]
+        for x, name in (("params_unique", "mnist10k_baselines_params.png"), ("flops_compact", "mnist10k_baselines_flops.png")):
+            frontier_figure(frontier, x, "val_accuracy", extra=extra,
+                            title=f"MNIST-10k, {len(rows)} complete of {len(trials)} trials ({scheduler})").savefig(
+                fig_dir / name, dpi=130, bbox_inches="tight")
+        print(f"figures: {fig_dir}/mnist10k_baselines_*.png")
     payload.update(header=header, search_id=outcome.search_id, wall_s=wall, epochs_trained=epochs,
+                   hypervolume=frontier.hypervolume, scheduler=scheduler,
                    families=table, paper_point=point, dominating=[{k: r.get(k) for k in ("trial_id", "regularizer", *keys)}
                                                                   for r in winners],
                    frontier=[{k: v for k, v in r.items()} for r in pareto],
