@@ -193,3 +193,20 @@ def test_a_time_budget_set_on_a_tuner_after_construction_stops_it(ray_session, t
     _compat.set_restored_time_budget(tuner, 0.001)
     results = tuner.fit()
     assert results[0].metrics.get("i", 0) < 199
+
+
+def test_a_study_view_is_what_tpe_and_its_search_space_read_as_the_study():
+    import optuna
+    from optuna.search_space import _GroupDecomposedSearchSpace
+
+    from search._compat import StudyView
+
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for name in ("a", "b", "c"):
+        study.add_trial(optuna.trial.create_trial(params={name: 0.5}, values=[1.0, 2.0],
+                                                  distributions={name: optuna.distributions.FloatDistribution(0, 1)}))
+    view = StudyView(study, study.get_trials(deepcopy=False)[1:])
+    assert [t.number for t in view._get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))] == [1, 2]
+    assert view.directions == study.directions and view._study_id == study._study_id
+    spaces = _GroupDecomposedSearchSpace().calculate(view).search_spaces
+    assert sorted(k for s in spaces for k in s) == ["b", "c"]
